@@ -1,0 +1,166 @@
+"""ModelConfig: the architecture hyper-parameters of a Qwen2 / Llama-3 decoder, read from HF config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+# model_type -> whether q/k/v projections carry a bias by default. Qwen2 always has them; Llama has
+# them only when `attention_bias` is set.
+SUPPORTED_MODEL_TYPES = {"qwen2": True, "llama": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling ("rope_type": "llama3")."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one decoder-only transformer. Hashable, so it can be a static jit argument."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int  # d
+    intermediate_size: int  # f
+    num_layers: int  # l
+    num_heads: int  # h
+    num_kv_heads: int  # k
+    head_dim: int  # e
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q/k/v projections (Qwen2: True)
+    max_position_embeddings: int = 4096
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    # Storage dtype of params and compute dtype of matmuls are separate: fp32 master weights with bf16
+    # compute is the accelerator default; fp32/fp32 is what parity tests need.
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    # "xla": einsum attention (any backend); "cudnn": jax.nn.dot_product_attention's flash kernel.
+    attention_impl: str = "xla"
+    # Rematerialise each layer's activations in the backward pass: "none", "full" or "dots"
+    # (save matmul outputs only).
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+
+    def replace(self, **kwargs) -> "ModelConfig":
+        return dataclasses.replace(self, **kwargs)
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> "ModelConfig":
+        """Builds a config from the parsed contents of an HF `config.json`.
+
+        Understands both the transformers<5 layout (`rope_theta`, `rope_scaling`) and the v5 layout
+        (`rope_parameters`).
+        """
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported model_type {model_type!r}; supported: {sorted(SUPPORTED_MODEL_TYPES)}"
+            )
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is implemented")
+        if model_type == "qwen2" and hf.get("use_sliding_window", False):
+            raise ValueError("Qwen2 sliding-window attention (use_sliding_window=true) is not supported")
+        if hf.get("mlp_bias", False):
+            raise ValueError("mlp_bias=true is not supported")
+        num_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+        rope = dict(hf.get("rope_parameters") or {})
+        rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = dict(hf.get("rope_scaling") or rope)
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        rope_scaling = None
+        if rope_type == "llama3":
+            rope_scaling = RopeScaling(
+                factor=float(scaling["factor"]),
+                low_freq_factor=float(scaling["low_freq_factor"]),
+                high_freq_factor=float(scaling["high_freq_factor"]),
+                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+            )
+        elif rope_type not in ("default", None):
+            raise ValueError(f"unsupported rope type {rope_type!r}; supported: default, llama3")
+        eos = hf.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+        fields = dict(
+            model_type=model_type,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", SUPPORTED_MODEL_TYPES[model_type])),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path, **overrides) -> "ModelConfig":
+        """Reads `<path>/config.json`."""
+        path = pathlib.Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory not found: {path}")
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"no config.json in model directory {path}")
+        return cls.from_hf_dict(json.loads(cfg_file.read_text()), **overrides)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The HF `config.json` contents (transformers<5 layout, which v5 also reads)."""
+        hf = {
+            "architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rope_scaling": None,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else
+            (self.eos_token_ids[0] if self.eos_token_ids else None),
+            "torch_dtype": self.param_dtype,
+        }
+        if self.model_type == "llama":
+            hf["attention_bias"] = self.attention_bias
+            hf["mlp_bias"] = False
+        else:
+            hf["use_sliding_window"] = False
+        if self.rope_scaling is not None:
+            hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        return hf
