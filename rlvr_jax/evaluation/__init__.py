@@ -1,0 +1,29 @@
+"""Evaluation: benchmarks and their protocols, pass@k / avg@k / maj@k, reports."""
+
+from rlvr_jax.evaluation.benchmarks import (PAPER_BENCHMARKS, Benchmark, benchmark_names,
+                                            get_benchmark, load_benchmark, register_benchmark)
+from rlvr_jax.evaluation.metrics import (avg_at_k, benchmark_average, maj_at_k, majority_answer,
+                                         mean_pass_at_k, pass_at_k)
+from rlvr_jax.evaluation.report import (SampleRecord, averages, markdown_table, summary,
+                                        write_report, write_samples)
+
+__all__ = [
+    "PAPER_BENCHMARKS",
+    "Benchmark",
+    "SampleRecord",
+    "avg_at_k",
+    "averages",
+    "benchmark_average",
+    "benchmark_names",
+    "get_benchmark",
+    "load_benchmark",
+    "maj_at_k",
+    "majority_answer",
+    "markdown_table",
+    "mean_pass_at_k",
+    "pass_at_k",
+    "register_benchmark",
+    "summary",
+    "write_report",
+    "write_samples",
+]
