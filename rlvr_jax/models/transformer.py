@@ -243,7 +243,10 @@ def decode(
     """
     dt = jnp.dtype(cfg.dtype)
     b, t = tokens_bt.shape
-    h = jnp.take(params["embed_tokens"]["embedding"], tokens_bt, axis=0).astype(dt)
+    # Gather the FSDP-split embed dim first: a lookup into a table split along d cannot give
+    # batch-split rows, and XLA would fall back to replicating the activations.
+    table = shd.constrain(sharder, params["embed_tokens"]["embedding"], (L.VOCAB, None))
+    h = jnp.take(table, tokens_bt, axis=0).astype(dt)
     h = shd.constrain(sharder, h, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_EMBED))
     q_slots = cache_index + jnp.arange(t)
     k_slots = jnp.arange(kv_mask_bs.shape[1])
