@@ -6,24 +6,33 @@ from rlvr_jax.evaluation.metrics import (avg_at_k, benchmark_average, maj_at_k, 
                                          mean_pass_at_k, pass_at_k)
 from rlvr_jax.evaluation.report import (SampleRecord, averages, markdown_table, summary,
                                         write_report, write_samples)
+from rlvr_jax.evaluation.runner import (EvalSettings, Evaluator, evaluate, make_validation_fn,
+                                        paper_average, validation_metrics, write_outputs)
 
 __all__ = [
     "PAPER_BENCHMARKS",
     "Benchmark",
+    "EvalSettings",
+    "Evaluator",
     "SampleRecord",
     "avg_at_k",
     "averages",
     "benchmark_average",
     "benchmark_names",
+    "evaluate",
     "get_benchmark",
     "load_benchmark",
     "maj_at_k",
     "majority_answer",
+    "make_validation_fn",
     "markdown_table",
     "mean_pass_at_k",
+    "paper_average",
     "pass_at_k",
     "register_benchmark",
     "summary",
+    "validation_metrics",
+    "write_outputs",
     "write_report",
     "write_samples",
 ]
