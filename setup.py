@@ -26,6 +26,7 @@ setup(
     version="0.1.0",
     description="1-shot RLVR (GRPO / PPO with verifiable rewards) for LLMs in JAX/Flax",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    package_data={"rlvr_jax.data.builtin": ["*.jsonl"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

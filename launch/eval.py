@@ -156,7 +156,7 @@ def eval_settings(config):
         max_new_tokens=config.eval.max_new_tokens, greedy=True if config.eval.greedy else None,
         template=config.eval.template, limit=config.eval.limit or None,
         batch_size=config.eval.batch_size, sub_batch_size=config.rollout.sub_batch_size or None,
-        seed=config.seed, progress=config.trainer.progress)
+        seed=config.seed, progress=config.trainer.progress, system=config.data.system_prompt or None)
 
 
 def benchmark_list(config, names: list[str] | None) -> list[str]:
@@ -194,6 +194,8 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
     config_check.validate(config, need_weights=not is_checkpoint_workdir(config.model.path))
     benchmarks = benchmark_list(config, benchmarks)
     sharder = builders.build_sharder(config)
+    out_root = pathlib.Path(out_dir or pathlib.Path("runs") / config.name / "eval")
+    benchmarks = builders.resolve_benchmarks(benchmarks, out_root / "heldout")
     policy = load_policy(config, sharder, step)
     settings = dataclasses.replace(eval_settings(config), greedy=greedy)
     start = time.time()

@@ -1,0 +1,185 @@
+"""Shared config pieces: the full field set (every field commented) and `key=value` variant parsing.
+
+Recipes call `base_config()` and override what their paper run changes. Variants are passed after
+the file name: `--config=configs/qwen15b_1shot.py:algo=ppo,entropy=0`.
+"""
+
+import os
+
+import ml_collections
+
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Example names accepted by `example=`: the paper's one-shot examples shipped with the package.
+BUILTIN_EXAMPLES = ("pi1", "pi2", "pi13", "pi1209")
+
+
+def parse_variant(arg: str | None, allowed: dict) -> dict:
+    """Parses `"k=v,k2=v2"`; `allowed` maps each key to its default (its type converts the value)."""
+    out = dict(allowed)
+    if not arg:
+        return out
+    for item in arg.split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if key not in allowed:
+            raise ValueError(f"unknown config variant {key!r}; known: {sorted(allowed)}")
+        default = allowed[key]
+        if not sep:
+            value = "true" if isinstance(default, bool) else value
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            out[key] = type(default)(value)
+        else:
+            out[key] = value
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with the paper's (verl) defaults for 1-shot GRPO."""
+    c = ml_collections.ConfigDict()
+    c.name = "run"  # Run name: the default workdir is ./runs/<name>.
+    c.seed = 0  # Seeds parameter init (random models), rollouts and data order.
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # HF checkpoint directory (config.json + *.safetensors). No hub downloads.
+    c.model.source = "hf"  # "hf": load model.path; "random": random init from model.arch (tests, benchmarks).
+    c.model.tokenizer_path = ""  # Tokenizer directory; defaults to model.path.
+    c.model.param_dtype = "float32"  # Master weights (AdamW updates at 1e-6 vanish in bf16).
+    c.model.dtype = "bfloat16"  # Compute dtype of matmuls and the KV cache.
+    c.model.ref_dtype = "bfloat16"  # Storage dtype of the frozen reference copy (it is never updated).
+    c.model.attention_impl = "xla"  # "xla" (einsum, any backend) or "cudnn" (flash attention on GPU).
+    c.model.remat = "full"  # Per-layer rematerialisation in the backward pass: none | full | dots.
+    c.model.arch = ml_collections.ConfigDict()  # Only for source="random": HF-style config.json fields.
+    c.model.arch.model_type = "qwen2"
+    c.model.arch.vocab_size = 256
+    c.model.arch.hidden_size = 64
+    c.model.arch.intermediate_size = 128
+    c.model.arch.num_hidden_layers = 2
+    c.model.arch.num_attention_heads = 4
+    c.model.arch.num_key_value_heads = 2
+    c.model.arch.tie_word_embeddings = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices (FSDP by default).
+    # Logical axis -> mesh axes rules as ((name, axes), ...); empty means rlvr_jax.sharding.DEFAULT_RULES.
+    c.mesh.rules = ()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_path = ""  # verl parquet or jsonl; empty -> the builtin example named by data.example.
+    c.data.example = "pi1"  # Builtin one-shot example (pi1, pi2, pi13, pi1209) used when train_path is empty.
+    c.data.num_examples = 0  # Use only the first k examples of train_path (0 = all), repeated to fill the batch.
+    c.data.template = "chat_template"  # Prompt template: chat_template | qwen_math_cot | plain.
+    c.data.system_prompt = SYSTEM_PROMPT  # System message for chat_template (verl's Qwen default).
+    c.data.max_prompt_len = 1024  # Prompts longer than this are an error (verl: filter_overlong_prompts).
+    c.data.shuffle = True  # Shuffle the dataset each epoch (deterministic in seed and epoch).
+
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.n = 8  # Samples per prompt row (the GRPO group size).
+    c.rollout.temperature = 0.6  # Sampling temperature; log-probs everywhere use logits / temperature.
+    c.rollout.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).
+    c.rollout.top_k = 0  # Top-k sampling (0 = off).
+    c.rollout.max_new_tokens = 3072  # Maximum response length.
+    c.rollout.sub_batch_size = 256  # Sequences decoded at once (bounds KV-cache memory); 0 = all.
+
+    c.algorithm = ml_collections.ConfigDict()
+    c.algorithm.name = "grpo"  # Advantage estimator: grpo | drgrpo | rloo | gae (PPO with a critic).
+    c.algorithm.norm_by_std = True  # GRPO: divide by the group std (Dr.GRPO sets False).
+    c.algorithm.gamma = 1.0  # GAE discount (PPO).
+    c.algorithm.lam = 1.0  # GAE lambda (PPO).
+
+    c.actor = ml_collections.ConfigDict()
+    c.actor.lr = 1e-6  # Peak learning rate.
+    c.actor.schedule = "constant"  # constant | warmup_constant | cosine.
+    c.actor.warmup_steps = 0  # Linear warm-up steps (optimizer steps).
+    c.actor.b1 = 0.9  # AdamW beta1.
+    c.actor.b2 = 0.999  # AdamW beta2.
+    c.actor.weight_decay = 0.01  # AdamW decoupled weight decay.
+    c.actor.grad_clip = 1.0  # Global-norm gradient clipping.
+    c.actor.ppo_epochs = 1  # Passes over the rollout batch per step.
+    c.actor.mini_batch_size = 0  # Sequences per optimizer step; 0 = the whole batch (one update per step).
+    c.actor.micro_batch_size = 8  # Sequences per forward/backward (gradient accumulation via lax.scan).
+    c.actor.clip_low = 0.2  # PPO ratio clip, lower side.
+    c.actor.clip_high = 0.2  # PPO ratio clip, upper side.
+    c.actor.clip_c = 0.0  # Dual-clip constant for negative advantages (0 = off; verl uses 3.0).
+    c.actor.entropy_coeff = 0.001  # Entropy bonus: keeps the policy exploring (the paper's key term).
+    c.actor.use_kl_loss = True  # Add a KL penalty to the frozen initial (reference) model.
+    c.actor.kl_coef = 0.001  # KL coefficient.
+    c.actor.kl_kind = "low_var_kl"  # k1 | abs | k2 | k3 / low_var_kl.
+    c.actor.agg_mode = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm.
+    c.actor.recompute_old_logp = True  # Old log-probs from the trainer's forward (False: the sampler's).
+    c.actor.logprob_chunk = 512  # Tokens per chunk when turning hidden states into log-probs (memory).
+
+    c.critic = ml_collections.ConfigDict()  # PPO only.
+    c.critic.lr = 1e-5  # Critic learning rate.
+    c.critic.cliprange_value = 0.5  # Clip of the value update.
+    c.critic.warmup_steps = 0  # Steps training only the critic before the actor starts.
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.name = "math"  # math (verifier on \boxed answers) | none (entropy-only ablation: reward 0).
+    c.reward.require_box = True  # Training reward needs a \boxed{} answer (DeepScaleR-style).
+    c.reward.num_workers = 2  # Verifier worker processes.
+    c.reward.timeout_s = 5.0  # Per-answer verifier timeout (a timeout scores 0).
+
+    c.trainer = ml_collections.ConfigDict()
+    c.trainer.batch_size = 128  # Prompt rows per step (each row is its own GRPO group of n samples).
+    c.trainer.total_steps = 2000  # RL steps.
+    c.trainer.save_every = 20  # Checkpoint period in steps (0 = only at the end / on SIGTERM).
+    c.trainer.keep = 3  # Checkpoints kept.
+    c.trainer.async_checkpoint = True  # Write checkpoints in the background.
+    c.trainer.eval_every = 20  # Validation period in steps (0 = never).
+    c.trainer.eval_before_train = True  # Validate at step 0.
+    c.trainer.log_samples = 4  # (prompt, response, reward) triples written to samples.jsonl per step.
+    c.trainer.progress = True  # Rollout / eval progress bars.
+    c.trainer.plot = False  # Save a PNG of reward and held-out accuracy over steps (needs matplotlib).
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.benchmarks = ("math500",)  # Benchmarks for in-training validation (see rlvr_jax.evaluation).
+    c.eval.data_dir = os.environ.get("RLVR_JAX_EVAL_DIR", "data/eval")  # Folder with <benchmark>/test.jsonl.
+    c.eval.max_new_tokens = 3072  # Generation budget for validation.
+    c.eval.template = "qwen_math_cot"  # Prompt template for validation.
+    c.eval.limit = 0  # Evaluate only the first k problems of each benchmark (0 = all).
+    c.eval.greedy = True  # Greedy validation (the paper's MATH500 protocol); False uses the benchmark's own.
+    c.eval.batch_size = 64  # Problems per generation call.
+    return c
+
+
+# Variant keys every recipe accepts, with their defaults (None = keep the recipe's value).
+RECIPE_VARIANTS = {
+    "algo": "grpo",  # grpo | ppo | drgrpo | rloo
+    "reward": "math",  # math | none (the paper's entropy-only ablation)
+    "entropy": -1.0,  # entropy_coeff override (-1 = keep the recipe's 0.001)
+    "example": "pi1",  # builtin one-shot example
+    "runlocal": False,  # shrink batch, lengths and steps to smoke-test a recipe on one small device
+}
+
+
+def apply_recipe_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the shared `algo=,reward=,entropy=,example=,runlocal` variants to a recipe config."""
+    v = parse_variant(arg, RECIPE_VARIANTS)
+    if v["example"] not in BUILTIN_EXAMPLES:
+        raise ValueError(f"unknown example {v['example']!r}; builtin: {BUILTIN_EXAMPLES}")
+    c.data.example = v["example"]
+    c.reward.name = v["reward"]
+    if v["entropy"] >= 0:
+        c.actor.entropy_coeff = v["entropy"]
+    if v["algo"] == "ppo":
+        # verl's PPO recipe in the paper: a critic with GAE (gamma = lam = 1), no KL loss, n = 1 is not
+        # required since the critic gives the baseline; the paper keeps n = 8.
+        c.algorithm.name = "gae"
+        c.actor.use_kl_loss = False
+    elif v["algo"] in ("grpo", "drgrpo", "rloo"):
+        c.algorithm.name = v["algo"]
+        if v["algo"] == "drgrpo":
+            c.algorithm.norm_by_std = False
+            c.actor.agg_mode = "seq-mean-token-sum-norm"
+    else:
+        raise ValueError(f"unknown algo {v['algo']!r}; known: grpo, ppo, drgrpo, rloo")
+    c.name = c.name + ("" if not arg else "_" + arg.replace("=", "-").replace(",", "_"))
+    if v["runlocal"]:
+        c.trainer.batch_size, c.rollout.n = 2, 2
+        c.rollout.max_new_tokens, c.eval.max_new_tokens = 64, 64
+        c.trainer.total_steps, c.eval.limit = 2, 4
+    return c

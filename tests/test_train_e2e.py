@@ -1,0 +1,107 @@
+"""End-to-end: launch/train.py on the tiny config; resume exactness; config errors; recipe values."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configs import common, qwen15b_1shot, tiny  # noqa: E402
+from launch import config_check  # noqa: E402
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_cli_writes_all_outputs(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    cmd = [sys.executable, str(REPO / "launch/train.py"), "--config=" + str(REPO / "configs/tiny.py"),
+           f"--workdir={tmp_path}", "--config.trainer.total_steps=3", "--config.trainer.save_every=2",
+           "--config.trainer.progress=False"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "step 3/3" in proc.stdout
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward/mean", "actor/entropy", "actor/kl", "actor/pg_clipfrac", "response/length_mean",
+                "perf/tokens_per_s", "actor/grad_norm", "response/reflection_frac"):
+        assert key in rows[-1], key
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"prompt", "response", "reward", "step"} <= set(samples[0])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
+    resolved = json.loads((tmp_path / "config.json").read_text())
+    assert resolved["trainer"]["total_steps"] == 3
+
+
+def _tiny(**overrides):
+    c = tiny.get_config()
+    c.trainer.progress = False
+    c.trainer.async_checkpoint = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    from launch.train import train
+
+    straight = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "a")
+    train(_tiny(**{"trainer.total_steps": 2, "trainer.save_every": 2}), tmp_path / "b")
+    resumed = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "b")
+    assert [h["step"] for h in resumed["history"]] == [3, 4]
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for key in ("reward/mean", "actor/loss", "actor/entropy", "actor/kl", "actor/grad_norm",
+                    "response/length_mean"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
+    assert straight["last"]["actor/entropy"] == pytest.approx(resumed["last"]["actor/entropy"], rel=1e-6)
+
+
+def test_config_errors_name_the_key():
+    c = tiny.get_config()
+    c.actor.agg_mode = "mean"
+    with pytest.raises(config_check.ConfigError, match="actor.agg_mode"):
+        config_check.validate(c)
+    c = tiny.get_config()
+    c.actor.micro_batch_size = 3
+    with pytest.raises(config_check.ConfigError, match="actor.micro_batch_size"):
+        config_check.validate(c)
+    with pytest.raises(ValueError, match="unknown config variant"):
+        tiny.get_config("lr=3")
+
+
+def test_qwen15b_recipe_is_the_papers_and_needs_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLVR_JAX_QWEN15B", raising=False)
+    c = qwen15b_1shot.get_config()
+    assert (c.trainer.batch_size, c.rollout.n, c.rollout.temperature, c.rollout.top_p) == (128, 8, 0.6, 1.0)
+    assert (c.data.max_prompt_len, c.rollout.max_new_tokens) == (1024, 3072)
+    assert (c.actor.lr, c.actor.schedule, c.actor.b1, c.actor.b2) == (1e-6, "constant", 0.9, 0.999)
+    assert (c.actor.weight_decay, c.actor.grad_clip, c.actor.mini_batch_size) == (0.01, 1.0, 0)
+    assert (c.actor.use_kl_loss, c.actor.kl_kind, c.actor.kl_coef) == (True, "low_var_kl", 0.001)
+    assert (c.actor.entropy_coeff, c.actor.clip_low, c.actor.clip_high, c.actor.agg_mode) == (
+        0.001, 0.2, 0.2, "token-mean")
+    assert (c.trainer.total_steps, c.trainer.save_every, c.trainer.eval_every) == (2000, 20, 20)
+    assert c.trainer.eval_before_train and list(c.eval.benchmarks) == ["math500"]
+    assert c.data.example == "pi1" and c.data.system_prompt == common.SYSTEM_PROMPT
+    assert c.algorithm.name == "grpo"
+    with pytest.raises(config_check.ConfigError, match="model.path.*download"):
+        config_check.validate(c)
+    c.model.path = str(tmp_path / "nope")
+    with pytest.raises(config_check.ConfigError, match="not found"):
+        config_check.validate(c)
+    ppo = qwen15b_1shot.get_config("algo=ppo")
+    assert ppo.algorithm.name == "gae" and not ppo.actor.use_kl_loss
+    ablation = qwen15b_1shot.get_config("reward=none,entropy=0,example=pi13")
+    assert (ablation.reward.name, ablation.actor.entropy_coeff, ablation.data.example) == ("none", 0.0, "pi13")
