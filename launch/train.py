@@ -194,10 +194,11 @@ def train(config, workdir: pathlib.Path) -> dict:
         finally:
             checkpointer.close()
             writer.close()
-    if is_main and config.trainer.plot:
-        from rlvr_jax.training.plots import plot_run
+    if is_main and config.trainer.plot:  # The demo's before / after table and learning curve.
+        from rlvr_jax.training import report
 
-        plot_run(workdir / "metrics.jsonl", workdir / "curves.png")
+        print(report.summary_text(report.read_metrics(workdir / "metrics.jsonl")))
+        print(f"curves: {report.plot_run(workdir / 'metrics.jsonl', workdir / 'curves.png')}")
     return {"last": last, "history": loop.history}
 
 

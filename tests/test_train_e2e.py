@@ -38,6 +38,28 @@ def test_train_cli_writes_all_outputs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
     resolved = json.loads((tmp_path / "config.json").read_text())
     assert resolved["trainer"]["total_steps"] == 3
+    _check_export(tmp_path)
+
+
+def _check_export(workdir):
+    """launch/export_hf.py writes a directory transformers loads, with the checkpoint's logits."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from launch.export_hf import export
+    from rlvr_jax import models
+
+    out = export(workdir, workdir / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    cfg, params = models.load_hf(out)
+    ids = np.array([[257, 72, 105, 10, 258, 33]])
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids)).logits.numpy()
+    ours = np.asarray(models.forward(params, cfg, ids, np.ones_like(ids)))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert tok.decode(tok.encode("12.8")) == "12.8"
 
 
 def _tiny(**overrides):
