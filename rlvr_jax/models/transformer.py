@@ -161,12 +161,21 @@ def _dense(x: jax.Array, p: dict, dtype) -> jax.Array:
 
 
 def attention(q_bthe, k_bske, v_bske, mask_bts, cfg: ModelConfig) -> jax.Array:
-    """Grouped-query attention; query head `h` reads kv head `h // g` (HF's repeat_kv order)."""
+    """Grouped-query attention; query head `h` reads kv head `h // g` (HF's repeat_kv order).
+
+    "cudnn": `jax.nn.dot_product_attention` takes q `[b, t, h, e]` and k/v `[b, s, k, e]` with
+    `h % k == 0` (GQA natively, no repeat) and a boolean mask broadcastable to `[b, h, t, s]`,
+    True = attend; `mask_bts[:, None]` is `[b, 1, t, s]`. It needs bf16/fp16 inputs and head_dim
+    a multiple of 8 (<= 256 on Hopper). Query rows that see no key at all (left padding) are set
+    to exactly 0: the kernel gives them garbage (possibly NaN), and `0 * NaN` in a masked loss
+    would poison the gradient.
+    """
     b, t, h, e = q_bthe.shape
     if cfg.attention_impl == "cudnn":
         out = jax.nn.dot_product_attention(
             q_bthe, k_bske, v_bske, mask=mask_bts[:, None], implementation="cudnn"
         )
+        out = jnp.where(mask_bts.any(axis=-1)[:, :, None, None], out, jnp.zeros((), out.dtype))
         return out.reshape(b, t, h * e)
     k = cfg.num_kv_heads
     q = q_bthe.reshape(b, t, k, h // k, e)
