@@ -24,9 +24,9 @@ def plot_run(metrics_path, out_path, *, title: str | None = None) -> pathlib.Pat
     if reward:
         ax.plot(*zip(*reward), label="train reward (mean)", color="tab:blue", alpha=0.8)
     eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
-    for key in eval_keys:
+    for color, key in zip(("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"), eval_keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*pts), marker="o", label=f"held-out {key.split('/')[1]} accuracy")
+        ax.plot(*zip(*pts), marker="o", color=color, label=f"held-out {key.split('/')[1]} accuracy")
     ax.set_xlabel("RL step")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
