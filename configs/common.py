@@ -157,29 +157,39 @@ RECIPE_VARIANTS = {
 
 
 def apply_recipe_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the shared `algo=,reward=,entropy=,example=,runlocal` variants to a recipe config."""
+    """Applies the shared `algo=,reward=,entropy=,example=,runlocal` variants given in `arg` (only those)."""
     v = parse_variant(arg, RECIPE_VARIANTS)
-    if v["example"] not in BUILTIN_EXAMPLES:
-        raise ValueError(f"unknown example {v['example']!r}; builtin: {BUILTIN_EXAMPLES}")
-    c.data.example = v["example"]
-    c.reward.name = v["reward"]
-    if v["entropy"] >= 0:
+    given = {item.partition("=")[0] for item in (arg or "").split(",") if item}
+    if "example" in given:
+        if v["example"] not in BUILTIN_EXAMPLES and not v["example"].startswith("arith:"):
+            raise ValueError(f"unknown example {v['example']!r}; builtin: {BUILTIN_EXAMPLES} or arith:A+B")
+        c.data.example = v["example"]
+    if "reward" in given:
+        c.reward.name = v["reward"]
+    if "entropy" in given:
         c.actor.entropy_coeff = v["entropy"]
-    if v["algo"] == "ppo":
-        # verl's PPO recipe in the paper: a critic with GAE (gamma = lam = 1), no KL loss, n = 1 is not
-        # required since the critic gives the baseline; the paper keeps n = 8.
-        c.algorithm.name = "gae"
-        c.actor.use_kl_loss = False
-    elif v["algo"] in ("grpo", "drgrpo", "rloo"):
-        c.algorithm.name = v["algo"]
-        if v["algo"] == "drgrpo":
-            c.algorithm.norm_by_std = False
-            c.actor.agg_mode = "seq-mean-token-sum-norm"
-    else:
-        raise ValueError(f"unknown algo {v['algo']!r}; known: grpo, ppo, drgrpo, rloo")
-    c.name = c.name + ("" if not arg else "_" + arg.replace("=", "-").replace(",", "_"))
+    if "algo" in given:
+        _apply_algo(c, v["algo"])
+    if arg:
+        c.name = c.name + "_" + arg.replace("=", "-").replace(",", "_").replace(":", "-").replace("+", "p")
     if v["runlocal"]:
         c.trainer.batch_size, c.rollout.n = 2, 2
         c.rollout.max_new_tokens, c.eval.max_new_tokens = 64, 64
         c.trainer.total_steps, c.eval.limit = 2, 4
+        c.actor.micro_batch_size, c.rollout.sub_batch_size = 2, 0
     return c
+
+
+def _apply_algo(c: ml_collections.ConfigDict, algo: str) -> None:
+    if algo == "ppo":
+        # The paper's PPO runs (verl): a critic with GAE (gamma = lam = 1) instead of group baselines,
+        # and no KL loss.
+        c.algorithm.name = "gae"
+        c.actor.use_kl_loss = False
+    elif algo in ("grpo", "drgrpo", "rloo"):
+        c.algorithm.name = algo
+        if algo == "drgrpo":
+            c.algorithm.norm_by_std = False
+            c.actor.agg_mode = "seq-mean-token-sum-norm"
+    else:
+        raise ValueError(f"unknown algo {algo!r}; known: grpo, ppo, drgrpo, rloo")

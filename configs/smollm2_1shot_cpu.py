@@ -44,4 +44,4 @@ def get_config(arg=None):
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
     c.eval.batch_size = 200
-    return common.apply_recipe_variant(c, arg) if arg else c
+    return common.apply_recipe_variant(c, arg)
