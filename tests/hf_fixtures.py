@@ -8,15 +8,19 @@ TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_laye
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
 
 
-def make_hf_model(kind: str, path, *, tie: bool = False, seed: int = 0):
-    """Builds a random tiny `kind` ("qwen2" or "llama3") model, saves it to `path`, returns it (eval mode)."""
+def make_hf_model(kind: str, path, *, tie: bool = False, seed: int = 0, **overrides):
+    """Builds a random tiny `kind` ("qwen2" or "llama3") model, saves it to `path`, returns it (eval mode).
+
+    `overrides` replace fields of `TINY` (e.g. `vocab_size=128` so the vocab splits on a mesh).
+    """
     torch.manual_seed(seed)
+    tiny = dict(TINY, **overrides)
     if kind == "qwen2":
-        config = transformers.Qwen2Config(**TINY, tie_word_embeddings=tie, rope_theta=10000.0)
+        config = transformers.Qwen2Config(**tiny, tie_word_embeddings=tie, rope_theta=10000.0)
         model = transformers.Qwen2ForCausalLM(config)
     elif kind == "llama3":
         config = transformers.LlamaConfig(
-            **TINY, tie_word_embeddings=tie, rope_theta=500000.0,
+            **tiny, tie_word_embeddings=tie, rope_theta=500000.0,
             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                           "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
         model = transformers.LlamaForCausalLM(config)

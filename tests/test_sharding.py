@@ -3,11 +3,9 @@
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 from jax.sharding import PartitionSpec as P
 
-from tests.hf_fixtures import TINY, left_padded_batch, make_hf_model, torch_logits
+from tests.hf_fixtures import left_padded_batch, make_hf_model, torch_logits
 
 from rlvr_jax import models, sharding
 from rlvr_jax.models import transformer
@@ -45,15 +43,7 @@ def test_sharder_spec_rules():
 
 def _qwen_vocab128(path):
     """Tiny Qwen2 with a vocab divisible by the tensor axis, so lm_head / embeddings really split."""
-    torch.manual_seed(1)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**dict(TINY, vocab_size=128)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    model = model.float().eval()
-    model.save_pretrained(path)
-    return model
+    return make_hf_model("qwen2", path, seed=1, vocab_size=128)
 
 
 @pytest.mark.parametrize("kind", ["qwen2_v128", "llama3"])
