@@ -15,10 +15,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "Training run directory (config.json + checkpoints/).")
-flags.DEFINE_string("out", None, "Output HF directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-flags.DEFINE_string("dtype", None, "Storage dtype of the exported tensors (e.g. bfloat16); default the params'.")
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +46,15 @@ def main(argv):
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
+    # Defined only when run as a script, so importing `export` next to launch/train.py is safe.
+    flags.DEFINE_string("workdir", None, "Training run directory (config.json + checkpoints/).")
+    flags.DEFINE_string("out", None, "Output HF directory.")
+    flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+    flags.DEFINE_string("dtype", None, "Storage dtype of the exported tensors (e.g. bfloat16); default the params'.")
     flags.mark_flags_as_required(["workdir", "out"])
+
+
+if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -75,12 +75,16 @@ class MetricsWriter:
 class ConsoleLog:
     """One line per step: step, reward, entropy, length, tokens/s and ETA."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stdout, enabled: bool = True):
+    def __init__(self, total_steps: int, start_step: int = 0, stream=None, enabled: bool = True):
         self.total_steps = total_steps
         self.start_step = start_step
-        self.stream = stream
+        self._stream = stream  # None: whatever sys.stdout is when a line is written.
         self.enabled = enabled
         self._t0 = time.time()
+
+    @property
+    def stream(self):
+        return self._stream or sys.stdout
 
     def step(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
