@@ -6,7 +6,8 @@
 
 A run started again with the same --workdir resumes from its latest checkpoint.
 Multi-process (CPU cluster / GPUs): pass --coordinator_address, --num_processes and --process_id;
-on TPU pods `jax.distributed.initialize()` discovers them itself (--distributed).
+on TPU pods `jax.distributed.initialize()` discovers them itself (--distributed). Every process runs
+this same command (same config and --workdir); process 0 writes config, metrics and samples.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def init_distributed() -> None:
     if FLAGS.coordinator_address:
         if FLAGS.num_processes is None or FLAGS.process_id is None:
             raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+        if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+            # Cross-process collectives of the CPU backend (a CPU cluster, or the tests' fake devices);
+            # accelerator backends ignore it. Must be set before the backends start.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:
         jax.distributed.initialize()
@@ -108,16 +113,21 @@ def build_validation(config, cfg, tokenizer, scorer, sharder, workdir):
         return None
     if not list(config.eval.benchmarks):
         return None
+    import jax
+
     from launch.eval import eval_settings
     from rlvr_jax.evaluation.runner import make_validation_fn
 
     from launch.builders import resolve_benchmarks
 
     # The held-out set must not contain the training examples (matters for the synthetic CPU demo).
-    benchmarks = resolve_benchmarks(config.eval.benchmarks, workdir / "heldout", exclude=build_examples(config))
+    # Each process writes its own copy (hosts need not share a disk; no two writers on one file).
+    pi = jax.process_index()
+    heldout = workdir / ("heldout" if pi == 0 else f"heldout_process{pi}")
+    benchmarks = resolve_benchmarks(config.eval.benchmarks, heldout, exclude=build_examples(config))
     return make_validation_fn(tokenizer, benchmarks, data_dir=config.eval.data_dir,
                               scorer=scorer, settings=eval_settings(config), cfg=cfg, sharder=sharder,
-                              out_dir=workdir / "eval_samples")
+                              out_dir=workdir / "eval_samples" if pi == 0 else None)
 
 
 def train(config, workdir: pathlib.Path) -> dict:
@@ -164,11 +174,14 @@ def train(config, workdir: pathlib.Path) -> dict:
         prompts.restore(host["data"])
         console.message(f"resumed from step {start_step} in {checkpointer.directory}")
     console.start_step = start_step
+    # The rollout progress bar is reported from inside the decode program, so it must be on for all
+    # processes or none (the programs must match); multi-process runs go without it.
+    progress = config.trainer.progress and jax.process_count() == 1
     rollout = RolloutSettings(
         n=config.rollout.n, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
         top_k=config.rollout.top_k, max_new_tokens=config.rollout.max_new_tokens,
         stop_token_ids=stop_token_ids(tokenizer), sub_batch_size=config.rollout.sub_batch_size,
-        pad_id=tokenizer.pad_token_id or 0, progress=config.trainer.progress and is_main)
+        pad_id=tokenizer.pad_token_id or 0, progress=progress)
     settings = LoopSettings(
         total_steps=config.trainer.total_steps, eval_every=config.trainer.eval_every,
         eval_before_train=config.trainer.eval_before_train, log_samples=config.trainer.log_samples,
@@ -188,7 +201,7 @@ def train(config, workdir: pathlib.Path) -> dict:
             logprob_fn=logprob_fn, score_fn=scorer, checkpointer=checkpointer, writer=writer, console=console,
             validate=build_validation(config, cfg, tokenizer, pool.score, sharder, workdir),
             process_index=jax.process_index(), process_count=jax.process_count(),
-            generate_fn=functools.partial(generate, sharder=sharder), critic=critic)
+            generate_fn=functools.partial(generate, sharder=sharder), critic=critic, sharder=sharder)
         try:
             last = loop.run(start_step)
         finally:

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from rlvr_jax import sharding as shd
+from rlvr_jax.distributed import to_host
 from rlvr_jax.models import transformer as tfm
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.sampling import buckets, engine
@@ -193,8 +194,8 @@ def _sub_batch_arrays(prompts, chunk, n, *, min_bucket, multiple, per_sub):
 
 
 def _fetch(out, ids, mask, real_rows):
-    out = jax.device_get(out)  # blocks until this sub-batch is done
-    return {k: np.asarray(v)[:real_rows] for k, v in out.items()}, ids, mask
+    out = to_host(out)  # blocks until this sub-batch is done; all-gathers rows held by other processes
+    return {k: v[:real_rows] for k, v in out.items()}, ids, mask
 
 
 def _assemble(pieces, n, max_new_tokens, pad_id) -> RolloutResult:

@@ -4,6 +4,13 @@ One step, as data flows (see DESIGN.md):
   prompts (host) -> `generate` (device) -> detokenise -> old/ref log-probs dispatched (device, async)
   while the verifier scores responses on worker processes (host) -> advantages -> jitted update.
 
+Multi-process runs: every process runs the same SPMD programs on the same *global* batch (the
+prompt batch is a pure function of (seed, step), so each process computes it alone), and every
+host-side input of a jitted step is therefore the same global value on every process. The only
+split work is scoring: each process verifies the responses of its slice of the prompts
+(`PromptBatch.shard`) and the rewards are all-gathered, so advantages and metrics are computed from
+identical data everywhere (only process 0 writes them).
+
 The loop owns no model code: it receives already-built pieces (sampler settings, update and log-prob
 functions, reward scorer, validation callable, checkpointer, writers) so each can be tested alone.
 """
@@ -16,9 +23,9 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax import distributed
 from rlvr_jax.algorithms import get_advantage_estimator
 from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
@@ -62,13 +69,14 @@ class RLLoop:
                  logprob_fn: Callable, score_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray],
                  checkpointer, writer, console, validate: Callable | None = None,
                  process_index: int = 0, process_count: int = 1, generate_fn: Callable | None = None,
-                 critic: "CriticRunner | None" = None):
+                 critic: "CriticRunner | None" = None, sharder=None):
         self.model_cfg, self.state, self.ref_params = model_cfg, state, ref_params
         self.tokenizer, self.prompts, self.rollout, self.settings = tokenizer, prompts, rollout, settings
         self.update_fn, self.logprob_fn, self.score_fn = update_fn, logprob_fn, score_fn
         self.checkpointer, self.writer, self.console, self.validate = checkpointer, writer, console, validate
         self.process_index, self.process_count = process_index, process_count
         self.critic = critic
+        self.sharder = sharder  # Places host batches as the jitted steps' row-sharded inputs.
         if generate_fn is None:
             from rlvr_jax.sampling import generate as generate_fn
         self.generate_fn = generate_fn
@@ -125,7 +133,7 @@ class RLLoop:
     def train_step(self, step: int) -> dict[str, Any]:
         """One RL step at `step` (1-based); updates `self.state`, writes metrics, returns them."""
         t0 = time.time()
-        batch = self.prompts.batch_at(step - 1).shard(self.process_index, self.process_count)
+        batch = self.prompts.batch_at(step - 1)  # The global batch: every process samples all of it.
         prompt_ids = [self._prompt_ids(ex) for ex in batch.examples]
         result = self.generate_fn(
             self.state.params, self.model_cfg, prompt_ids, max_new_tokens=self.rollout.max_new_tokens,
@@ -136,35 +144,38 @@ class RLLoop:
         t_rollout = time.time()
         texts = self.tokenizer.batch_decode([list(t) for t in result.tokens], skip_special_tokens=True)
         rb = make_rollout_batch(result)
-        arrays = rb.arrays()
+        arrays = self._put(rb.arrays())
         # Device work first: JAX dispatch is asynchronous, so the old/reference log-probs (and critic
         # values) are computed while the host scores the responses below.
         if self.settings.recompute_old_logp:
             old_logp = self.logprob_fn(self.state.params, arrays)
         else:
-            old_logp = jnp.asarray(rb.rollout_logp)
+            old_logp = self._put(rb.rollout_logp)
         ref_logp = self.logprob_fn(self.ref_params, arrays) if self.ref_params is not None else None
         values = self.critic.values_fn(self.critic.state.params, arrays) if self.critic else None
-        rewards = self._score(texts, [a for a in batch.answers for _ in range(self.rollout.n)])
+        rewards = self._score_slice(texts, batch)
         t_reward = time.time()
         group_ids = np.repeat(np.asarray(batch.group_ids_b), self.rollout.n)
         update_metrics = {}
         if self.critic is None:
             advantages = self._advantages(rewards, group_ids)
         else:
-            advantages, critic_metrics = self.critic.update(step, rewards, values, arrays)
+            advantages, critic_metrics = self.critic.update(step, rewards, values, rb.arrays(), put=self._put)
             update_metrics.update(critic_metrics)
-        update_batch = rb.update_batch(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages)
+        # The rollout arrays already on device replace rb's host copies; the advantages go up once.
+        update_batch = self._put({**rb.update_batch(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages),
+                                  **arrays})
         jax.block_until_ready(old_logp)
         t_ref = time.time()
         if self.critic is None or step > self.critic.warmup_steps:
             self.state, actor_metrics = self.update_fn(self.state, update_batch)
-            update_metrics.update(jax.device_get(actor_metrics))
+            update_metrics.update(distributed.to_host(actor_metrics))
         t_update = time.time()
         metrics = self._step_metrics(rewards, texts, result, update_metrics)
         if self.settings.recompute_old_logp:  # Sampler vs trainer log-prob mismatch (verl's top complaint).
             mask = rb.response_mask > 0
-            metrics["rollout/logp_abs_diff"] = float(np.abs(np.asarray(old_logp) - rb.rollout_logp)[mask].mean())
+            diff = np.abs(distributed.to_host(old_logp) - rb.rollout_logp)
+            metrics["rollout/logp_abs_diff"] = float(diff[mask].mean())
         n_tokens = float(rb.total_tokens())
         metrics.update({
             "perf/rollout_s": t_rollout - t0, "perf/reward_s": t_reward - t_rollout,
@@ -184,6 +195,17 @@ class RLLoop:
             text = build_prompt(example, self.settings.template, self.tokenizer, self.settings.system_prompt)
             self._prompt_cache[key] = tokenize_prompts(self.tokenizer, [text], self.settings.max_prompt_len)[0]
         return self._prompt_cache[key]
+
+    def _put(self, tree):
+        return distributed.put_rows(tree, self.sharder)
+
+    def _score_slice(self, texts: Sequence[str], batch) -> np.ndarray:
+        """Scores this process's rows (its prompts' `n` responses each); returns all processes' rewards."""
+        n = self.rollout.n
+        mine = batch.shard(self.process_index, self.process_count)
+        lo = self.process_index * len(mine) * n  # Slices are contiguous, in process order.
+        local = self._score(texts[lo: lo + len(mine) * n], [a for a in mine.answers for _ in range(n)])
+        return distributed.allgather_rows(local)
 
     def _score(self, texts, answers) -> np.ndarray:
         if self.settings.reward == "none":
@@ -243,14 +265,22 @@ class CriticRunner:
         self.state, self.values_fn, self.update_fn = state, values_fn, update_fn
         self.gamma, self.lam, self.warmup_steps = gamma, lam, warmup_steps
 
-    def update(self, step: int, rewards: np.ndarray, values, arrays: dict) -> tuple[np.ndarray, dict]:
-        """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages."""
+    def update(self, step: int, rewards: np.ndarray, values, arrays: dict,
+               put: Callable = lambda tree: tree) -> tuple[np.ndarray, dict]:
+        """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages.
+
+        Args:
+          arrays: the rollout's host (numpy) arrays. put: places the critic batch on the mesh
+            (`RLLoop._put`); GAE itself runs on host copies, identical on every process.
+        """
         from rlvr_jax.algorithms import gae_advantages, outcome_rewards_to_tokens
 
         mask = arrays["response_mask"]
+        values = distributed.to_host(values)
         token_rewards = outcome_rewards_to_tokens(rewards, mask)
         advantages, returns = gae_advantages(token_rewards, values, mask, gamma=self.gamma, lam=self.lam)
-        batch = {**arrays, "old_values": values, "returns": returns}
+        advantages, returns = np.asarray(advantages), np.asarray(returns)
+        batch = put({**arrays, "old_values": values, "returns": returns})
         self.state, metrics = self.update_fn(self.state, batch)
-        metrics = {f"critic/{k}": v for k, v in jax.device_get(metrics).items()}
-        return np.asarray(advantages), metrics
+        metrics = {f"critic/{k}": v for k, v in distributed.to_host(metrics).items()}
+        return advantages, metrics
