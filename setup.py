@@ -31,7 +31,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch 2.13.0 CPU is the reference implementation in tests (pinned: the machine holds it).
-        "test": ["pytest>=8", "torch==2.13.0", "accelerate>=0.30"],
+        # matplotlib: the demo's end-to-end test saves its curves PNG.
+        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.7"],
         "demo": ["matplotlib>=3.7"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

@@ -37,23 +37,29 @@ def model_dir(config) -> str | None:
     return config.model.path or None
 
 
-def build_model(config, sharder: shd.Sharder | None) -> tuple[ModelConfig, dict]:
-    """Loads (or randomly initialises) the policy, sharded by the rules."""
-    overrides = dict(dtype=config.model.dtype, attention_impl=config.model.attention_impl,
-                     remat=config.model.remat)
+def model_config(config) -> ModelConfig:
+    """The `ModelConfig` `config.model` describes, without loading weights."""
+    overrides = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                     attention_impl=config.model.attention_impl, remat=config.model.remat)
     if config.model.source == "random":
         arch = config.model.arch.to_dict()
         arch.setdefault("max_position_embeddings", 4096)
-        cfg = ModelConfig.from_hf_dict(arch, param_dtype=config.model.param_dtype, **overrides)
+        return ModelConfig.from_hf_dict(arch, **overrides)
+    return ModelConfig.from_pretrained(model_dir(config), **overrides)
+
+
+def build_model(config, sharder: shd.Sharder | None) -> tuple[ModelConfig, dict]:
+    """Loads (or randomly initialises) the policy, sharded by the rules."""
+    cfg = model_config(config)
+    if config.model.source == "random":
         init = jax.jit(functools.partial(init_params, cfg))
         if sharder is not None:
             abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
             shardings = sharder.tree_shardings(param_logical_axes(cfg), abstract)
             init = jax.jit(functools.partial(init_params, cfg), out_shardings=shardings)
         return cfg, init(jax.random.PRNGKey(config.seed))
-    path = model_dir(config)
-    return load_hf(path, dtype=config.model.param_dtype, sharder=sharder, compute_dtype=overrides.pop("dtype"),
-                   **overrides)
+    return load_hf(model_dir(config), dtype=cfg.param_dtype, sharder=sharder, compute_dtype=cfg.dtype,
+                   attention_impl=cfg.attention_impl, remat=cfg.remat)
 
 
 def build_tokenizer(config):

@@ -80,15 +80,7 @@ def load_policy(config, sharder, step: int | None = None) -> Policy:
 
 def model_config(config):
     """The `ModelConfig` `config.model` describes, without loading weights (as `build_model`)."""
-    from rlvr_jax.models import ModelConfig
-
-    overrides = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-                     attention_impl=config.model.attention_impl, remat=config.model.remat)
-    if config.model.source == "random":
-        arch = config.model.arch.to_dict()
-        arch.setdefault("max_position_embeddings", 4096)
-        return ModelConfig.from_hf_dict(arch, **overrides)
-    return ModelConfig.from_pretrained(builders.model_dir(config), **overrides)
+    return builders.model_config(config)
 
 
 def _run_model_config(config, workdir: pathlib.Path):
