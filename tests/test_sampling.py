@@ -71,7 +71,7 @@ def test_greedy_matches_transformers_smollm2_with_eos(smollm2_dir):
     # steps and the third prompt is admitted into a freed slot mid-run.
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
     questions = ["What is 2+2? Reply with the number only.", "Name a colour.",
-                 "Say hello in French, one word, nothing else at all please."]
+                 "Say hello in French: one word, and nothing else at all, please. Thank you very much!"]
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
                for q in questions]
     prompts = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in prompts]

@@ -45,16 +45,24 @@ class Plan:
 
 @dataclasses.dataclass
 class Stats:
-    """Schedule counters of one `run` (for benchmarks): `slot_steps` decode steps x slots computed."""
+    """Schedule counters of one `run` (for benchmarks).
+
+    Attributes:
+      segments, refills: device programs of each kind run. decode_steps: decode steps run (all slots).
+      slot_steps: decode steps x slots computed. tokens: tokens of the finished samples, `samples` of
+        them (each sample's first token comes from the prefill, the others from decode steps).
+    """
 
     segments: int = 0
     refills: int = 0
+    decode_steps: int = 0
     slot_steps: int = 0
     tokens: int = 0
+    samples: int = 0
 
     def utilisation(self) -> float:
         """Fraction of computed slot-steps that produced a token of a running sample."""
-        return self.tokens / max(self.slot_steps, 1)
+        return (self.tokens - self.samples) / max(self.slot_steps, 1)
 
 
 def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progress: bool = True,
@@ -95,13 +103,16 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
                                    cfg=cfg, controls=sample["controls"], steps=plan.steps, sharder=sharder)
             snap = to_host({k: state[k] for k in ("done", "fill", "count")})
             stats.segments += 1
-            stats.slot_steps += len(slot_row) * int(np.max(snap["fill"] - fill, initial=0))
+            steps_run = int(np.max(snap["fill"] - fill, initial=0))
+            stats.decode_steps += steps_run
+            stats.slot_steps += len(slot_row) * steps_run
             finished = (slot_row >= 0) & snap["done"]
             if not (take or finished.any() or not np.array_equal(snap["fill"], fill)):
                 raise RuntimeError("rollout scheduler made no progress (a bug): no slot advanced or finished")
             fill = snap["fill"].astype(np.int64)
             if finished.any():
                 stats.tokens += _harvest(state, slot_row, finished, out)
+                stats.samples += int(finished.sum())
                 slot_row[finished] = -1
                 bar.update(int(finished.sum()), int(out["lengths"].sum()))
     return out
