@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).
     c.rollout.top_k = 0  # Top-k sampling (0 = off).
     c.rollout.max_new_tokens = 3072  # Maximum response length.
-    c.rollout.sub_batch_size = 256  # Sequences decoded at once (bounds KV-cache memory); 0 = all.
+    c.rollout.sub_batch_size = 256  # Decode slots: sequences decoded at once (bounds KV-cache memory); 0 = sized by the engine.
 
     c.algorithm = ml_collections.ConfigDict()
     c.algorithm.name = "grpo"  # Advantage estimator: grpo | drgrpo | rloo | gae (PPO with a critic).
