@@ -209,19 +209,64 @@ def relation_as_set(rel) -> tuple[sympy.Symbol, sympy.Set] | None:
     if not isinstance(rel, Relational) or isinstance(rel, sympy.Eq):
         return None  # equations are compared as equations
     op, d = _canonical(rel)
-    if len(d.free_symbols) != 1:
+    subject, d = _subject(d)
+    if subject is None:
         return None
-    (x,) = d.free_symbols
+    x = next(iter(d.free_symbols))
     try:
         poly = sympy.Poly(d, x)
-    except Exception:  # pylint: disable=broad-except  # not a polynomial in x: no set form
-        return None
+    except Exception:  # pylint: disable=broad-except  # not a polynomial in x
+        return _absolute_value_set(subject, op, d, x)
     if poly.degree() != 1:
         return None
     slope, offset = poly.all_coeffs()
     if not (slope.is_real and offset.is_real) or slope == 0:
         return None
-    return x, _linear_solution_set(op, -offset / slope, bool(slope.is_positive))
+    return subject, _linear_solution_set(op, -offset / slope, bool(slope.is_positive))
+
+
+def _subject(d: sympy.Expr) -> tuple[object, sympy.Expr]:
+    """(what the relation constrains, d in one variable standing for it), or (None, d).
+
+    A relation constrains one variable (`0 < y < 1`), or one named quantity such as `f(x)` in
+    `0 < f(x) < 1`: the name is what the answer describes, so it is replaced by a variable.
+    """
+    names = d.atoms(AppliedUndef)
+    if len(names) == 1:
+        (name,) = names
+        stand_in = sympy.Dummy("named")
+        replaced = d.xreplace({name: stand_in})
+        if replaced.free_symbols == {stand_in}:
+            return name, replaced
+        return None, d
+    if names or len(d.free_symbols) != 1:
+        return None, d
+    return next(iter(d.free_symbols)), d
+
+
+_ABS_MAX_OPS = 30  # solving is only attempted for small expressions (|z|, |2x-1|)
+
+
+def _absolute_value_set(subject, op: str, d: sympy.Expr, x: sympy.Symbol):
+    """The real solution set of `d op 0` when d is linear in x inside absolute values: an
+    inequality is a statement about real numbers, so `1 <= |z| <= 3/2` is [-3/2,-1] u [1,3/2]."""
+    if not d.has(sympy.Abs) or sympy.count_ops(d) > _ABS_MAX_OPS:
+        return None
+    real = sympy.Dummy("real", real=True)
+    expr = d.xreplace({x: real})
+    plain = expr.replace(sympy.Abs, lambda a: a)
+    try:
+        if sympy.Poly(plain, real).degree() != 1:
+            return None
+        relation = {"<": sympy.StrictLessThan, "<=": sympy.LessThan}.get(op)
+        if relation is None:
+            return None
+        solution = sympy.solveset(relation(expr, 0), real, sympy.S.Reals)
+    except Exception:  # pylint: disable=broad-except  # sympy cannot solve it: no set form
+        return None
+    return (subject, solution) if isinstance(solution, (sympy.Interval, sympy.Union,
+                                                        sympy.FiniteSet)) or \
+        solution is sympy.S.EmptySet else None
 
 
 def _linear_solution_set(op: str, root, increasing: bool) -> sympy.Set:
