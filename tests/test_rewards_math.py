@@ -76,10 +76,14 @@ POLICY_CASES = {
     "intervals_sets": [
         (r"\boxed{(-\infty, 3]}", r"(-\infty,3]", True),
         (r"\boxed{(-\infty, 3)}", r"(-\infty,3]", False),
-        (r"\boxed{x<3}", r"(-\infty,3)", True),
+        # A reference written as a set asks for the set: an inequality does not match it (the
+        # other direction does; see docs/rewards.md and Math-Verify's default).
+        (r"\boxed{x<3}", r"(-\infty,3)", False),
+        (r"\boxed{x \in (-\infty,3)}", r"x<3", True),
         (r"\boxed{(-\infty,1) \cup (1, \infty)}", r"(1,\infty)\cup(-\infty,1)", True),
         (r"\boxed{\mathbb{R}}", r"(-\infty,\infty)", True),
-        (r"\boxed{1 \le x < 3}", "[1,3)", True),
+        (r"\boxed{1 \le x < 3}", "[1,3)", False),
+        (r"\boxed{[1,3)}", r"1 \le x < 3", True),
         (r"\boxed{\{1, 2, 3\}}", r"\{3,2,1\}", True),
         (r"\boxed{\{1, 2\}}", r"\{1,2,3\}", False),
         (r"\boxed{\pm 3}", "3, -3", True),

@@ -6,7 +6,8 @@ Scalars are delegated to `compare.scalars_equal`. Conventions:
     (`5+5+1 = 11`) stands for its result.
   - Equations are equal up to rearrangement and a non-zero factor; inequalities up to a positive
     factor, so direction and strictness matter. One-variable linear relations are also compared
-    as the sets they describe (`-2 <= x <= 7` == `x in [-2, 7]`).
+    as the sets they describe: a predicted `x in [-2, 7]` matches a reference `-2 <= x <= 7`, but
+    not the other way round (a reference written as a set asks for the set; Math-Verify's default).
   - A function definition's argument is a dummy: `f(y) = y` == `f(x) = x`.
   - Sets are unordered; intervals compare endpoints and bracket types; tuples and matrices are
     ordered. An open interval `(a, b)` is also an ordered pair (the notation is ambiguous).
@@ -153,7 +154,9 @@ def _parts_equal(x, y, decimal: bool) -> bool:
 
 
 def relations_equal(a, b, decimal: bool) -> bool:
-    """Equations, inequalities and chains of them (see module docstring)."""
+    """Equations, inequalities and chains of them (see module docstring). `a` is the prediction."""
+    if _is_inequality(a) and _is_set_answer(b):
+        return False  # a set was asked for (the reference is one): an inequality is not that answer
     set_a, set_b = relation_as_set(a), relation_as_set(b)
     if not (compare.is_relation(a) and compare.is_relation(b)):
         other_a = set_a[1] if set_a else a
@@ -176,6 +179,19 @@ def relations_equal(a, b, decimal: bool) -> bool:
     if op_a != op_b:
         return False
     return compare.proportional(d_a, d_b, positive=op_a in ("<", "<="))
+
+
+def _is_inequality(v) -> bool:
+    if isinstance(v, sympy.And):
+        return all(_is_inequality(r) for r in v.args)
+    return isinstance(v, Relational) and not isinstance(v, (sympy.Eq, sympy.Ne))
+
+
+def _is_set_answer(v) -> bool:
+    """A set, or membership `x \\in S`, with infinitely many elements (an interval or union)."""
+    if isinstance(v, sympy.Eq) and isinstance(v.rhs, sympy.Set):
+        v = v.rhs
+    return isinstance(v, sympy.Set) and not isinstance(v, sympy.FiniteSet)
 
 
 def _canonical(rel: Relational) -> tuple[str, sympy.Expr]:
