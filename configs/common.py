@@ -83,6 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.top_k = 0  # Top-k sampling (0 = off).
     c.rollout.max_new_tokens = 3072  # Maximum response length.
     c.rollout.sub_batch_size = 256  # Sequences decoded at once (bounds KV-cache memory); 0 = all.
+    # Tokens that end a response (the stop token stays in the response and its loss mask):
+    # "eos" = the model's EOS only (tokenizer eos + generation_config.json eos_token_id), what vLLM
+    # stops at in the paper's verl rollouts -- for base Qwen2.5-Math that is <|endoftext|>, so an
+    # <|im_end|> it writes is trained on and generation runs on to <|endoftext|>;
+    # "eos+chat" = also the chat end-of-turn tokens (<|im_end|>, <|eot_id|>): shorter responses.
+    c.rollout.stop = "eos"
 
     c.algorithm = ml_collections.ConfigDict()
     c.algorithm.name = "grpo"  # Advantage estimator: grpo | drgrpo | rloo | gae (PPO with a critic).
@@ -143,6 +149,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.limit = 0  # Evaluate only the first k problems of each benchmark (0 = all).
     c.eval.greedy = True  # Greedy validation (the paper's MATH500 protocol); False uses the benchmark's own.
     c.eval.batch_size = 64  # Problems per generation call.
+    c.eval.n = 0  # Responses per problem of sampled benchmarks: avg@n for any n (0 = the benchmark's own).
+    c.eval.temperature = 0.0  # Temperature of sampled benchmarks (0 = the benchmark's own, 0.6).
+    c.eval.top_p = 0.0  # Top-p of sampled benchmarks (0 = the benchmark's own, 1.0).
+    # Validation stop tokens: "eos+chat" is how the Qwen2.5-Math evaluation suite stops (<|im_end|>
+    # and <|endoftext|>); "eos" is how the paper's in-training (verl) validation stops.
+    c.eval.stop = "eos+chat"
+    # Validation counts only boxed answers, like the training reward (the paper validates in
+    # training with its DeepScaleR reward, which needs a box); False also reads unboxed answers.
+    c.eval.require_box = False
+    # Primary grader of evaluations: "verifier" (rlvr_jax.rewards) or "paper" (the Qwen2.5-Math
+    # evaluation suite's semantics: 1e-4 relative tolerance, percentage forms); launch/eval.py
+    # reports both in summary.json.
+    c.eval.grader = "verifier"
     return c
 
 

@@ -69,6 +69,7 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
                 "rollout.sub_batch_size", "rollout.top_k", "eval.limit", "trainer.keep"):
         _positive(config, key, allow_zero=True)
     _require(0 < config.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {config.rollout.top_p}")
+    _check_stop_and_eval(config)
     sequences = config.trainer.batch_size * config.rollout.n
     mini = config.actor.mini_batch_size or sequences
     _require(sequences % mini == 0, "actor.mini_batch_size",
@@ -81,3 +82,16 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
              f"dual-clip constant must be 0 (off) or > 1, got {config.actor.clip_c}")
     if config.algorithm.name == "gae":
         _positive(config, "critic.lr")
+
+
+def _check_stop_and_eval(config) -> None:
+    from rlvr_jax.data.tokenizers import STOP_MODES
+    from rlvr_jax.evaluation.graders import GRADERS
+
+    _one_of(config, "rollout.stop", STOP_MODES)
+    _one_of(config, "eval.stop", STOP_MODES)
+    _one_of(config, "eval.grader", tuple(sorted(GRADERS)))
+    for key in ("eval.n", "eval.temperature"):
+        _positive(config, key, allow_zero=True)
+    _require(0 <= config.eval.top_p <= 1, "eval.top_p", f"must be in [0, 1] (0 = the benchmark's own), "
+             f"got {config.eval.top_p}")

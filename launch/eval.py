@@ -25,7 +25,9 @@ Writes into --out_dir (default ./runs/<config.name>/eval, plus /step_<N> for a c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -148,7 +150,9 @@ def eval_settings(config):
         max_new_tokens=config.eval.max_new_tokens, greedy=True if config.eval.greedy else None,
         template=config.eval.template, limit=config.eval.limit or None,
         batch_size=config.eval.batch_size, sub_batch_size=config.rollout.sub_batch_size or None,
-        seed=config.seed, progress=config.trainer.progress, system=config.data.system_prompt or None)
+        seed=config.seed, progress=config.trainer.progress, system=config.data.system_prompt or None,
+        n=config.eval.n or None, temperature=config.eval.temperature or None,
+        top_p=config.eval.top_p or None, stop=config.eval.stop)
 
 
 def benchmark_list(config, names: list[str] | None) -> list[str]:
@@ -181,6 +185,7 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
       ``{"results": ..., "paths": ..., "table": markdown, "paper_average": float | None}``.
     """
     from rlvr_jax import evaluation
+    from rlvr_jax.evaluation.graders import GRADERS
     from rlvr_jax.rewards import RewardPool
 
     config_check.validate(config, need_weights=not is_checkpoint_workdir(config.model.path))
@@ -191,14 +196,24 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
     policy = load_policy(config, sharder, step)
     settings = dataclasses.replace(eval_settings(config), greedy=greedy)
     start = time.time()
-    # Evaluation reads unboxed answers too (the fallbacks); only the training reward needs a box.
-    with RewardPool(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s,
-                    require_box=False) as pool:
+    # Every grader scores the same responses; config.eval.grader is the headline, each one adds
+    # `grader/<name>` to summary.json. require_box applies to the verifier only (the paper's
+    # suite has no such setting).
+    pools = {name: RewardPool(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s,
+                              score_fn=fn) for name, fn in GRADERS.items()}
+    scorers = {name: functools.partial(pool.score, require_box=config.eval.require_box)
+               for name, pool in pools.items()}
+    with contextlib.ExitStack() as stack:
+        for pool in pools.values():
+            stack.enter_context(pool)
         evaluator = evaluation.Evaluator(
-            policy.tokenizer, benchmarks, data_dir=config.eval.data_dir, scorer=pool.score,
-            settings=settings, generate_fn=generate_fn, sharder=sharder)
+            policy.tokenizer, benchmarks, data_dir=config.eval.data_dir,
+            scorer=scorers[config.eval.grader], settings=settings, generate_fn=generate_fn,
+            sharder=sharder, extra_scorers=scorers)
         results, records = evaluator.run(policy.params, policy.cfg)
     meta = {"config": config.name, "model": policy.source, "settings": dataclasses.asdict(settings),
+            "scoring": {"grader": config.eval.grader, "require_box": bool(config.eval.require_box),
+                        "graders": sorted(GRADERS)},
             "protocols": {b.name: dataclasses.asdict(b) for b in evaluator.benchmarks},
             "seconds": {"total": time.time() - start, **evaluator.seconds}}
     if out_dir is None:

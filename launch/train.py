@@ -125,9 +125,12 @@ def build_validation(config, cfg, tokenizer, scorer, sharder, workdir):
     pi = jax.process_index()
     heldout = workdir / ("heldout" if pi == 0 else f"heldout_process{pi}")
     benchmarks = resolve_benchmarks(config.eval.benchmarks, heldout, exclude=build_examples(config))
+    # Validation scores as config.eval.require_box says (True: like the training reward) and logs it.
     return make_validation_fn(tokenizer, benchmarks, data_dir=config.eval.data_dir,
-                              scorer=scorer, settings=eval_settings(config), cfg=cfg, sharder=sharder,
-                              out_dir=workdir / "eval_samples" if pi == 0 else None)
+                              scorer=functools.partial(scorer, require_box=config.eval.require_box),
+                              settings=eval_settings(config), cfg=cfg, sharder=sharder,
+                              out_dir=workdir / "eval_samples" if pi == 0 else None,
+                              require_box=config.eval.require_box)
 
 
 def train(config, workdir: pathlib.Path) -> dict:
@@ -180,7 +183,8 @@ def train(config, workdir: pathlib.Path) -> dict:
     rollout = RolloutSettings(
         n=config.rollout.n, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
         top_k=config.rollout.top_k, max_new_tokens=config.rollout.max_new_tokens,
-        stop_token_ids=stop_token_ids(tokenizer), sub_batch_size=config.rollout.sub_batch_size,
+        stop_token_ids=stop_token_ids(tokenizer, config.rollout.stop, builders.model_dir(config)),
+        sub_batch_size=config.rollout.sub_batch_size,
         pad_id=tokenizer.pad_token_id or 0, progress=progress)
     settings = LoopSettings(
         total_steps=config.trainer.total_steps, eval_every=config.trainer.eval_every,
