@@ -1,9 +1,11 @@
 """The verifier on labelled answer pairs from another project's grader tests.
 
 `tests/data/external_grader_cases.jsonl` holds (gold, pred, expected) pairs transcribed as data from
-the parametrized tests of huggingface/Math-Verify (Apache-2.0, commit
-5d148cfaaf99214c2e4ffb4bc497ab042c592a7a, `tests/`), each row naming its test function and the
-extraction targets that test used. Zero false positives matters more than recall: a wrong answer
+the parametrized tests of
+  - huggingface/Math-Verify (Apache-2.0, commit 5d148cfaaf99214c2e4ffb4bc497ab042c592a7a,
+    `tests/`), each row naming its test function and the extraction targets that test used;
+  - NVIDIA/NeMo-Skills (Apache-2.0, commit 0b012df8a09cd4730d31b16e90a0d8f13d145fb8,
+    `tests/test_math_equal.py`), bare answer pairs checked in both directions (match_types null). Zero false positives matters more than recall: a wrong answer
 rewarded is a training signal pointing the wrong way.
 """
 
@@ -18,7 +20,8 @@ _CASES = pathlib.Path(__file__).parent / "data" / "external_grader_cases.jsonl"
 def _cases(default_only: bool):
     rows = [json.loads(line) for line in _CASES.read_text(encoding="utf-8").splitlines() if line]
     if default_only:  # the targets Math-Verify's `parse` uses unless told otherwise
-        rows = [r for r in rows if sorted(r["match_types"]) == ["expr", "latex"]]
+        rows = [r for r in rows
+                if r["match_types"] is None or sorted(r["match_types"]) == ["expr", "latex"]]
     return rows
 
 

@@ -50,7 +50,8 @@ _NUMBER = re.compile(
     r"(?:\s*(?:\\?%%|percent))?" % _GLUED_UNITS
 )
 _PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+# A command, or an environment delimiter whose name is not prose (`\begin{bmatrix}`).
+_LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[A-Za-z]+\*?\}|\\[A-Za-z]+")
 _BARE_ANSWER_MAX_CHARS = 200
 
 
