@@ -28,6 +28,8 @@ def get_config(arg=None):
     c.rollout.temperature = 0.6  # The paper's value; at 1.0 this small model's samples are mostly noise.
     c.rollout.max_new_tokens = 64  # The answer fits in one or two sentences; rambling is truncated.
     c.rollout.sub_batch_size = 0
+    # A chat model on a chat template: end at its end-of-turn too (not a paper reproduction).
+    c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
     c.actor.micro_batch_size = 16
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.
