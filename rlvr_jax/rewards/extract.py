@@ -4,11 +4,12 @@ Policy, in order:
   1. Text after a chat-template control token (`<|im_start|>`, ...) is a hallucinated next turn
      and is dropped. After a `</think>` only the part after it counts; an open `<think>` with no
      close means the response was truncated while reasoning: no answer.
-  2. The last `\boxed{...}` / `\boxed x` / `\fbox{...}` wins (without `require_box`, an explicit
-     "final answer is $X$" written after it restates the answer and wins over it). An unterminated box (a truncated
+  2. The last `\boxed{...}` / `\boxed x` / `\fbox{...}` wins. An unterminated box (a truncated
      generation) is no answer, even if an earlier box is complete. Boxes just before it that are
      joined to it by a plain conjunction ("\boxed{1} and \boxed{-2}") are part of the answer and
      come back as a comma list; a self-correction ("\boxed{5}, wait, \boxed{7}") is not a join.
+     Without `require_box`, an explicit "final answer is $X$" written after the last box
+     restates the answer and wins over it.
   3. Without a box: the answer after the last "final answer is" / "answer:" / "answer is"; else a
      response that is itself a bare answer (`3x + 4y = 0`, no prose); else the last math span
      (`$...$`, `\(...\)`, `\[...\]`), unless a plain number is written after it ("... so there are

@@ -32,7 +32,9 @@ _PRED_CHOICE = re.compile(
     r"^(?:\(([A-Ja-j])\)\s*|([A-Ja-j])[.:]\s*|([A-Ja-j])$)(.*)$", re.DOTALL
 )
 # A label's value never starts with an operator or relation: `(B) = 3` is an equation in B.
-_CONTINUES_EXPRESSION = re.compile(r"^(?:[-+*/^_=<>!|]|\\(?:cdot|times|div|le|ge|neq|pm|mp)(?![A-Za-z]))")
+_CONTINUES_EXPRESSION = re.compile(
+    r"^(?:[-+*/^_=<>!|]|\\(?:cdot|times|div|le|ge|neq|pm|mp)(?![A-Za-z]))"
+)
 _SECOND_CHOICE = re.compile(r"(?<![A-Za-z\\])[A-J](?![A-Za-z])|(?<![A-Za-z])(?:or|and)(?![A-Za-z])|,")
 
 

@@ -46,7 +46,9 @@ _DEGREES = re.compile(
 )
 # Inside a trigonometric function a degree mark is a unit conversion (`\cos 60^\circ` = 1/2), so the
 # marked value becomes radians there; elsewhere an answer in degrees is compared as a plain number.
-_TRIG = re.compile(r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])|(?<![\\A-Za-z])(?:sin|cos|tan)(?=\s*[(\d])")
+_TRIG = re.compile(
+    r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])|(?<![\\A-Za-z])(?:sin|cos|tan)(?=\s*[(\d])"
+)
 _MARKED_DEGREES = re.compile(
     r"(\d+(?:\.\d+)?|[A-Za-z]|\{[^{}]*\})\s*(?:\^\s*\{?\s*\\circ\s*\}?|\\degree(?![A-Za-z]))"
 )
@@ -106,7 +108,8 @@ _TRAILING_BREAK = re.compile(r"(?:\s*\\+\s*)+$")
 # A system of equations written as a layout environment is the list of its rows: `\begin{cases}
 # x=1 \\ y=2 \end{cases}` is `x=1, y=2`. Alignment marks `&` carry no meaning there.
 _SYSTEM = re.compile(
-    r"\\begin\{(cases|aligned|align\*?|gathered|gather\*?|array)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}", re.DOTALL
+    r"\\begin\{(cases|aligned|align\*?|gathered|gather\*?|array)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}",
+    re.DOTALL,
 )
 
 
