@@ -94,3 +94,10 @@ def test_final_answer_statement_after_a_box_restates_it():
     # Prose after the box that is not a final-answer statement never replaces it.
     prose = r"\boxed{3}. I hope the answer is right, since 5 = 2 + 3."
     assert extract_answer(prose) == "3"
+
+
+def test_a_long_run_of_signs_is_refused_without_parsing():
+    # `--1` is 1, but 500 prefix signs are not an answer anyone writes; the grammar would
+    # backtrack over each of them, so the parser refuses the run up front (fail closed).
+    assert compute_score(r"\boxed{--1}", "1") == 1.0
+    assert compute_score(r"\boxed{" + "-" * 500 + "1}", "1") == 0.0
