@@ -26,7 +26,9 @@ setup(
     version="0.1.0",
     description="1-shot RLVR (GRPO / PPO with verifiable rewards) for LLMs in JAX/Flax",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
-    package_data={"rlvr_jax.data.builtin": ["*.jsonl"]},
+    # The paper's six evaluation sets (~2 MB, MIT; provenance in rlvr_jax/evaluation/data/README.md).
+    package_data={"rlvr_jax.data.builtin": ["*.jsonl"],
+                  "rlvr_jax.evaluation": ["data/*/test.jsonl", "data/README.md", "data/LICENSE"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

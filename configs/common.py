@@ -137,7 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.benchmarks = ("math500",)  # Benchmarks for in-training validation (see rlvr_jax.evaluation).
-    c.eval.data_dir = os.environ.get("RLVR_JAX_EVAL_DIR", "data/eval")  # Folder with <benchmark>/test.jsonl.
+    # Folder with <benchmark>/test.jsonl; empty = the paper's six sets shipped inside the package.
+    c.eval.data_dir = os.environ.get("RLVR_JAX_EVAL_DIR", "")
     c.eval.max_new_tokens = 3072  # Generation budget for validation.
     c.eval.template = "qwen_math_cot"  # Prompt template for validation.
     c.eval.limit = 0  # Evaluate only the first k problems of each benchmark (0 = all).
