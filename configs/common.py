@@ -127,13 +127,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.batch_size = 128  # Prompt rows per step (each row is its own GRPO group of n samples).
     c.trainer.total_steps = 2000  # RL steps.
     c.trainer.save_every = 20  # Checkpoint period in steps (0 = only at the end / on SIGTERM).
-    c.trainer.keep = 3  # Checkpoints kept.
+    c.trainer.keep = 3  # Checkpoints kept (newest first); 0 keeps every one (launch/eval.py --steps=all).
     c.trainer.async_checkpoint = True  # Write checkpoints in the background.
     c.trainer.eval_every = 20  # Validation period in steps (0 = never).
     c.trainer.eval_before_train = True  # Validate at step 0.
     c.trainer.log_samples = 4  # (prompt, response, reward) triples written to samples.jsonl per step.
     c.trainer.progress = True  # Rollout / eval progress bars.
     c.trainer.plot = False  # Save a PNG of reward and held-out accuracy over steps (needs matplotlib).
+    # Metric loggers: jsonl (metrics.jsonl, samples.jsonl), tensorboard, wandb (pip install -e ".[wandb]";
+    # WANDB_MODE=offline logs without a network).
+    c.trainer.loggers = ("jsonl", "tensorboard")
+    c.trainer.wandb_project = "rlvr_jax"  # wandb project (the run is named config.name).
+    c.trainer.wandb_entity = ""  # wandb team or user; empty = the account's default.
 
     c.eval = ml_collections.ConfigDict()
     c.eval.benchmarks = ("math500",)  # Benchmarks for in-training validation (see rlvr_jax.evaluation).
