@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.arch.num_hidden_layers = 2
     c.model.arch.num_attention_heads = 4
     c.model.arch.num_key_value_heads = 2
+    c.model.arch.head_dim = 0  # 0 = hidden_size / num_attention_heads; Qwen3 (model_type qwen3) sets its own.
     c.model.arch.tie_word_embeddings = True
 
     c.mesh = ml_collections.ConfigDict()

@@ -145,3 +145,32 @@ def test_recipe_is_the_papers_on_qwen3_and_plans_memory(monkeypatch, tmp_path):
     per_device = plan["bytes_per_device"]
     n_dev = plan["devices"]
     assert per_device["params (master)"] * n_dev >= 4 * presets.num_params(plan["model"])
+
+
+def test_qwen3_trains_and_exports_like_qwen2(tmp_path):
+    """launch/train.py on a random tiny Qwen3 (head_dim != hidden / heads), then export_hf -> transformers."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    cmd = [sys.executable, str(repo / "launch/train.py"), "--config=" + str(repo / "configs/tiny.py"),
+           f"--workdir={tmp_path}", "--config.trainer.total_steps=2", "--config.trainer.save_every=0",
+           "--config.trainer.progress=False", "--config.model.arch.model_type=qwen3",
+           "--config.model.arch.head_dim=24"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["actor/grad_norm"]) for r in rows)
+    sys.path.insert(0, str(repo))
+    from launch.export_hf import export
+
+    out = export(tmp_path, tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert type(model) is transformers.Qwen3ForCausalLM and model.config.head_dim == 24
+    cfg, params = models.load_hf(out)
+    ids, mask, pos = left_padded_batch(cfg.vocab_size, [6, 3], 6)
+    err = _rel_err(models.forward(params, cfg, ids, mask), torch_logits(model, ids, mask, pos), mask)
+    assert err < 2e-4, f"max relative error {err:.2e}"
