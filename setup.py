@@ -26,13 +26,16 @@ setup(
     version="0.1.0",
     description="1-shot RLVR (GRPO / PPO with verifiable rewards) for LLMs in JAX/Flax",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
-    package_data={"rlvr_jax.data.builtin": ["*.jsonl"]},
+    # The paper's six evaluation sets (~2 MB, MIT; provenance in rlvr_jax/evaluation/data/README.md).
+    package_data={"rlvr_jax.data.builtin": ["*.jsonl"],
+                  "rlvr_jax.evaluation": ["data/*/test.jsonl", "data/README.md", "data/LICENSE"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch 2.13.0 CPU is the reference implementation in tests (pinned: the machine holds it).
-        # matplotlib: the demo's end-to-end test saves its curves PNG.
-        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.7"],
+        # matplotlib: the demo's end-to-end test saves its curves PNG; wandb: the logger's offline tests.
+        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.7", "wandb>=0.17"],
+        "wandb": ["wandb>=0.17"],  # trainer.loggers = (..., "wandb")
         "demo": ["matplotlib>=3.7"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.arch.num_hidden_layers = 2
     c.model.arch.num_attention_heads = 4
     c.model.arch.num_key_value_heads = 2
+    c.model.arch.head_dim = 0  # 0 = hidden_size / num_attention_heads; Qwen3 (model_type qwen3) sets its own.
     c.model.arch.tie_word_embeddings = True
 
     c.mesh = ml_collections.ConfigDict()
@@ -133,17 +134,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.batch_size = 128  # Prompt rows per step (each row is its own GRPO group of n samples).
     c.trainer.total_steps = 2000  # RL steps.
     c.trainer.save_every = 20  # Checkpoint period in steps (0 = only at the end / on SIGTERM).
-    c.trainer.keep = 3  # Checkpoints kept.
+    c.trainer.keep = 3  # Checkpoints kept (newest first); 0 keeps every one (launch/eval.py --steps=all).
     c.trainer.async_checkpoint = True  # Write checkpoints in the background.
     c.trainer.eval_every = 20  # Validation period in steps (0 = never).
     c.trainer.eval_before_train = True  # Validate at step 0.
     c.trainer.log_samples = 4  # (prompt, response, reward) triples written to samples.jsonl per step.
     c.trainer.progress = True  # Rollout / eval progress bars.
     c.trainer.plot = False  # Save a PNG of reward and held-out accuracy over steps (needs matplotlib).
+    # Metric loggers: jsonl (metrics.jsonl, samples.jsonl), tensorboard, wandb (pip install -e ".[wandb]";
+    # WANDB_MODE=offline logs without a network).
+    c.trainer.loggers = ("jsonl", "tensorboard")
+    c.trainer.wandb_project = "rlvr_jax"  # wandb project (the run is named config.name).
+    c.trainer.wandb_entity = ""  # wandb team or user; empty = the account's default.
 
     c.eval = ml_collections.ConfigDict()
     c.eval.benchmarks = ("math500",)  # Benchmarks for in-training validation (see rlvr_jax.evaluation).
-    c.eval.data_dir = os.environ.get("RLVR_JAX_EVAL_DIR", "data/eval")  # Folder with <benchmark>/test.jsonl.
+    # Folder with <benchmark>/test.jsonl; empty = the paper's six sets shipped inside the package.
+    c.eval.data_dir = os.environ.get("RLVR_JAX_EVAL_DIR", "")
     c.eval.max_new_tokens = 3072  # Generation budget for validation.
     c.eval.template = "qwen_math_cot"  # Prompt template for validation.
     c.eval.limit = 0  # Evaluate only the first k problems of each benchmark (0 = all).

@@ -6,6 +6,8 @@ import pathlib
 
 import ml_collections
 
+from rlvr_jax.training.loggers import check_loggers
+
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "gae")
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_KINDS = ("k1", "abs", "k2", "k3", "low_var_kl")
@@ -82,6 +84,10 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
              f"dual-clip constant must be 0 (off) or > 1, got {config.actor.clip_c}")
     if config.algorithm.name == "gae":
         _positive(config, "critic.lr")
+    try:  # Before any weights load: an unknown logger or a missing wandb fails at start-up.
+        check_loggers(config.trainer.loggers)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(str(e)) from e
 
 
 def _check_stop_and_eval(config) -> None:

@@ -149,6 +149,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     from rlvr_jax.training.rollout_batch import RolloutSettings
     from rlvr_jax.training.state import create_train_state
     from rlvr_jax.training.update import make_update_fn
+    from rlvr_jax.training.loggers import RunInfo
     from rlvr_jax.training.writers import ConsoleLog, MetricsWriter
 
     is_main = jax.process_index() == 0
@@ -196,7 +197,9 @@ def train(config, workdir: pathlib.Path) -> dict:
     logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
         p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
         chunk=config.actor.logprob_chunk, sharder=sharder)["logp"]
-    writer = MetricsWriter(workdir, enabled=is_main)
+    run_info = RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
+                       entity=config.trainer.wandb_entity)
+    writer = MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers), run=run_info)
     with RewardPool(config.reward.num_workers, config.reward.timeout_s) as pool:
         scorer = functools.partial(pool.score, require_box=config.reward.require_box)
         loop = RLLoop(
