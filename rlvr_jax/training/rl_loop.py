@@ -33,12 +33,18 @@ from rlvr_jax.training import response_metrics
 from rlvr_jax.training.rollout_batch import RolloutSettings, make_rollout_batch
 
 
+# Metrics quoted (finite or not) when a step is non-finite, beside every non-finite one.
+_NONFINITE_REPORT = ("loss", "pg_loss", "grad_norm", "vf_loss", "finite", "num_skipped")
+
 # Update-step metric names -> the verl-style names of DESIGN.md (under "actor/").
 _METRIC_NAMES = {"clipfrac": "pg_clipfrac", "clipfrac_lower": "pg_clipfrac_lower", "approx_kl": "ppo_kl"}
 
 
 class NonFiniteError(FloatingPointError):
     """Raised when a step produced a non-finite loss or gradient."""
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,13 @@ class LoopSettings:
     # Recompute the rollout policy's log-probs with the trainer's forward (verl's default). Off: use
     # the sampler's own log-probs (identical math; saves a forward pass, exact only in float32).
     recompute_old_logp: bool = True
+    # A step whose loss or gradient is non-finite: "stop" the run (checkpoint the last good state,
+    # raise NonFiniteError) or "skip" it (the update already left the state unchanged) and go on.
+    on_nonfinite: str = "stop"
+
+    def __post_init__(self):
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
 
 
 class RLLoop:
@@ -170,6 +183,7 @@ class RLLoop:
         if self.critic is None or step > self.critic.warmup_steps:
             self.state, actor_metrics = self.update_fn(self.state, update_batch)
             update_metrics.update(distributed.to_host(actor_metrics))
+        self._check_finite(step, update_metrics)
         t_update = time.time()
         metrics = self._step_metrics(rewards, texts, result, update_metrics)
         if self.settings.recompute_old_logp:  # Sampler vs trainer log-prob mismatch (verl's top complaint).
@@ -219,16 +233,40 @@ class RLLoop:
         return np.asarray(estimator(rewards, group_ids))
 
     def _check_finite(self, step: int, update_metrics: dict) -> None:
+        """Stops (or, with on_nonfinite="skip", reports) a step whose loss or gradient is non-finite.
+
+        The update skips such optimizer steps itself (state unchanged), so on "stop" the current
+        params and optimizer state are the last good ones: they are checkpointed as step - 1 (when
+        every optimizer step of this update was skipped) before NonFiniteError is raised, and the
+        step's own checkpoint is never written.
+        """
         if all(bool(v) for k, v in update_metrics.items() if k.endswith("finite")):
             return
-        # The update function kept the previous state; save it as the last good checkpoint.
-        self.checkpointer.save(step - 1, self._checkpoint_state(), self._host_state(step - 1), force=True)
-        self.checkpointer.wait()
-        bad = {k: float(v) for k, v in update_metrics.items() if np.ndim(v) == 0 and not np.isfinite(v)}
+        shown = {k: float(v) for k, v in update_metrics.items()
+                 if np.ndim(v) == 0 and (k.split("/")[-1] in _NONFINITE_REPORT or not np.isfinite(v))}
+        values = ", ".join(f"{k}={v:g}" for k, v in sorted(shown.items()))
+        if self.settings.on_nonfinite == "skip":
+            self.console.message(f"step {step}: non-finite loss or gradient ({values}); update skipped")
+            return
+        where = self._save_last_good(step, update_metrics)
         raise NonFiniteError(
-            f"non-finite loss or gradient at step {step} ({bad or 'gradient'}); training stopped. "
-            f"The last good state is checkpointed at step {step - 1} in {self.checkpointer.directory}."
-        )
+            f"non-finite loss or gradient at step {step} ({values}); training stopped. {where} "
+            f"(config.trainer.on_nonfinite='skip' skips such steps instead)")
+
+    def _save_last_good(self, step: int, update_metrics: dict) -> str:
+        """Checkpoints the unchanged state as step - 1 when it is that; says where the last good state is."""
+        # Every optimizer step skipped (actor and critic): the state is exactly the pre-step one.
+        pairs = [(v, update_metrics.get(k[: -len("num_skipped")] + "num_steps"))
+                 for k, v in update_metrics.items() if k.endswith("num_skipped")]
+        skipped_all = all(steps is not None and float(skipped) == float(steps) for skipped, steps in pairs)
+        latest = self.checkpointer.latest_step()
+        if skipped_all and latest != step - 1:
+            self.checkpointer.save(step - 1, self._checkpoint_state(), self._host_state(step - 1), force=True)
+            latest = step - 1
+        self.checkpointer.wait()
+        if latest is None:
+            return "No checkpoint was written."
+        return f"The last good state is checkpoint step {latest} in {self.checkpointer.directory}."
 
     def _step_metrics(self, rewards, texts, result, update_metrics) -> dict[str, Any]:
         metrics = {(k if "/" in k else f"actor/{_METRIC_NAMES.get(k, k)}"): float(v)

@@ -185,6 +185,12 @@ def _combine_steps(m: dict) -> dict:
 def _accumulate_grads(loss_fn, params, micros: dict, denom, param_sh, n_micro: int):
     """Sum of gradients and stacked metrics over micro-batches (`micros` leaves `[n_micro, mb, ...]`)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if n_micro == 1:  # nothing to accumulate: no zeros tree and no scan (a params-sized buffer less)
+        (_, metrics), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micros), denom)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        if param_sh is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        return grads, jax.tree.map(lambda m: m[None], metrics)
     # Accumulate in float32 whatever the param dtype: bf16 sums of many micro-batches lose bits.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     if param_sh is not None:
