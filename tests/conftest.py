@@ -17,6 +17,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes on a CPU (real-model runs); CI runs them too")
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """../shared (read-only data for tests); skip when absent."""
