@@ -19,7 +19,7 @@ STEPS = 8
 def test_smollm2_demo_raises_train_reward(tmp_path, smollm2_dir):
     train_cli.run(tmp_path, f"--config.model.path={smollm2_dir}", f"--config.trainer.total_steps={STEPS}",
                   "--config.trainer.eval_every=0", "--config.trainer.eval_before_train=False",
-                  config="configs/smollm2_1shot_cpu.py", devices=1)
+                  config="configs/smollm2_1shot_cpu.py", devices=1, timeout_s=3600)
     rows = train_cli.train_rows(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     rewards = [r["reward/mean"] for r in rows]

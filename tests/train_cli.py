@@ -37,10 +37,11 @@ def command(workdir, *flags: str, config: str = "configs/tiny.py") -> list[str]:
     return [sys.executable, str(TRAIN), f"--config={REPO / config}", f"--workdir={workdir}", *QUIET, *flags]
 
 
-def run(workdir, *flags: str, config: str = "configs/tiny.py", devices: int = 2) -> subprocess.CompletedProcess:
+def run(workdir, *flags: str, config: str = "configs/tiny.py", devices: int = 2,
+        timeout_s: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     """Runs the train command to completion; raises with its stderr tail if it fails."""
     proc = subprocess.run(command(workdir, *flags, config=config), env=env(devices), capture_output=True,
-                          text=True, timeout=TIMEOUT_S, cwd=REPO)
+                          text=True, timeout=timeout_s, cwd=REPO)
     if proc.returncode != 0:
         raise AssertionError(f"train.py exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc
