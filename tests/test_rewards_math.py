@@ -206,9 +206,8 @@ def test_public_cases_accuracy(shared_dir):
         for i, c in enumerate(cases)
         if (compute_score(c["pred"], c["gold"]) == 1.0) != c["equal"]
     ]
-    accuracy = 1 - len(failures) / len(cases)
-    assert accuracy >= 0.97, failures
-    assert not [f for f in failures if f[1] in ("hang", "injection", "garbage", "reward_hacking")]
+    assert len(cases) == 133
+    assert failures == []
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from rlvr_jax import distributed
+from rlvr_jax.compile_counter import CompileCounter
 from rlvr_jax.algorithms import get_advantage_estimator
 from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
@@ -146,7 +147,11 @@ class RLLoop:
     def train_step(self, step: int) -> dict[str, Any]:
         """One RL step at `step` (1-based); updates `self.state`, writes metrics, returns them."""
         t0 = time.time()
-        batch = self.prompts.batch_at(step - 1)  # The global batch: every process samples all of it.
+        compiles = CompileCounter().start()  # After step 1 any compile is a shape leak (slow steps).
+        if self.prompts.step != step - 1:  # A resume that skipped `prompts.restore` would replay other data.
+            raise RuntimeError(f"data position {self.prompts.step} does not match step {step}: "
+                               "restore the prompt iterator's checkpointed state before resuming")
+        batch = next(self.prompts)  # The global batch: every process samples all of it.
         prompt_ids = [self._prompt_ids(ex) for ex in batch.examples]
         result = self.generate_fn(
             self.state.params, self.model_cfg, prompt_ids, max_new_tokens=self.rollout.max_new_tokens,
@@ -185,7 +190,9 @@ class RLLoop:
             update_metrics.update(distributed.to_host(actor_metrics))
         self._check_finite(step, update_metrics)
         t_update = time.time()
+        compiles.stop()
         metrics = self._step_metrics(rewards, texts, result, update_metrics)
+        metrics["perf/compiles"] = float(compiles.count)
         if self.settings.recompute_old_logp:  # Sampler vs trainer log-prob mismatch (verl's top complaint).
             mask = rb.response_mask > 0
             diff = np.abs(distributed.to_host(old_logp) - rb.rollout_logp)
