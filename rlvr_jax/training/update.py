@@ -19,6 +19,7 @@ Actor (GRPO or PPO) batch keys, all with rows sharded along `ACT_BATCH`:
   old_logp       [B, R]   f32     rollout-policy log-probs (`compute_logprobs`, same temperature)
   advantages     [B] or [B, R] f32  per-sequence (GRPO) or per-token (GAE) advantages
   ref_logp       [B, R]   f32     reference log-probs; only read when `use_kl_loss`
+  rollout_logp   [B, R]   f32     the sampler's own log-probs; only read when `tis_cap > 0`
 
 Critic (PPO) batch keys: input_ids, attention_mask, response_mask, old_values [B, R] and
 returns [B, R] (see `critic.py`). Other keys are ignored, so one dict can feed both.
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator
+from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator, truncated_is_weights
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import critic as critic_lib
@@ -54,8 +55,8 @@ ACTOR_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_logp", 
 # with the mini-batch denominator are shares: they add up. Anything else is a token-mean over the
 # micro-batch and is re-weighted by its token count.
 _SUM_KEYS = frozenset({"loss", "pg_loss", "entropy", "kl", "vf_loss", "num_tokens"})
-_MIN_KEYS = frozenset({"ratio_min"})
-_MAX_KEYS = frozenset({"ratio_max"})
+_MIN_KEYS = frozenset({"ratio_min", "tis_weight_min"})
+_MAX_KEYS = frozenset({"ratio_max", "tis_weight_max"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,10 @@ class UpdateConfig:
       mini_batch_size: rows per optimizer step; None: the whole batch (one step per epoch).
       micro_batch_size: rows per forward/backward (gradient accumulation); None: the mini-batch.
         For sharded runs make it a multiple of the data x fsdp mesh size.
+      policy_loss: registered policy loss (`algorithms.POLICY_LOSSES`: vanilla | gspo | cispo).
       clip_low, clip_high, clip_c: PPO clip range (DAPO clip-higher) and dual-clip constant.
+      tis_cap: truncated importance sampling cap C (0: off): the policy loss is weighted per token by
+        `min(exp(old_logp - rollout_logp), C)`, the sampler-vs-trainer correction.
       entropy_coeff: weight of the entropy bonus (`loss -= entropy_coeff * entropy`).
       kl_coef, kl_kind, use_kl_loss: KL-to-reference loss (k3 = "low_var_kl"); off: no ref needed.
       agg_mode: loss aggregation (`algorithms.AGG_MODES`), shared by all terms.
@@ -81,6 +85,8 @@ class UpdateConfig:
     ppo_epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
+    policy_loss: str = "vanilla"
+    tis_cap: float = 0.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float | None = None
@@ -105,10 +111,12 @@ class UpdateConfig:
             raise ValueError("ppo_epochs and logprob_chunk must be >= 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
 
     def actor_loss_config(self) -> ActorLossConfig:
         return ActorLossConfig(
-            clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
+            policy_loss=self.policy_loss, clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
             entropy_coeff=self.entropy_coeff, kl_coef=self.kl_coef if self.use_kl_loss else 0.0,
             kl_kind=self.kl_kind, agg=self.agg_mode, max_len=self.max_response_len,
         )
@@ -137,11 +145,15 @@ def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Ca
         )
         if ucfg.entropy_coeff == 0:
             ent = jax.lax.stop_gradient(ent)  # logged only: skip its backward pass
+        is_weights, tis_metrics = None, {}
+        if ucfg.tis_cap > 0:
+            is_weights, tis_metrics = truncated_is_weights(
+                mb["old_logp"], mb["rollout_logp"], mb["response_mask"], ucfg.tis_cap)
         loss, metrics = actor_loss(
             logp, mb["old_logp"], mb["advantages"], mb["response_mask"], loss_cfg,
-            entropy=ent, ref_logp=mb.get("ref_logp"), denom=denom,
+            entropy=ent, ref_logp=mb.get("ref_logp"), is_weights=is_weights, denom=denom,
         )
-        metrics = dict(metrics, loss=jax.lax.stop_gradient(loss))
+        metrics = dict(metrics, **tis_metrics, loss=jax.lax.stop_gradient(loss))
         if "kl_loss" in metrics:
             metrics["kl"] = metrics.pop("kl_loss")
         return loss, metrics
@@ -311,7 +323,8 @@ def make_update_fn(
       `num_tokens` (forward+backward tokens, all epochs), `num_response_tokens`, `num_steps`,
       `num_skipped` and `finite` (1.0 iff every step had a finite loss and gradient).
     """
-    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ())
+    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ()) + (
+        ("rollout_logp",) if update_cfg.tis_cap > 0 else ())
     loss_fn = make_actor_loss_fn(cfg, update_cfg, sharder)
     return _build_update(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
 
