@@ -1,0 +1,81 @@
+"""Sequence packing: the plan (first-fit-decreasing, budgets, buckets) and packed == padded in float32.
+
+References: a brute-force check of the plan against the padded batch, the padded log-prob pass and
+update (themselves tested against NumPy and transformers in test_training_step.py).
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from rlvr_jax import sharding as shd
+from rlvr_jax import training as tr
+from rlvr_jax.algorithms import AGG_MODES
+from rlvr_jax.models import param_logical_axes
+from rlvr_jax.training import packing
+from tests.test_training_step import CFG, GRAD_PROBE, P, R, TEMP, make_batch, max_diff, params, rl_batch, to_np  # noqa: F401
+
+
+def test_first_fit_decreasing_matches_brute_force_rule():
+    lengths = [5, 9, 3, 9, 7, 1, 4, 6]
+    bins = packing.first_fit_decreasing(lengths, 10)
+    # Brute force: visit items longest-first (ties by index), put each in the first bin it fits.
+    expected, free = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        j = next((j for j, f in enumerate(free) if f >= lengths[i]), None)
+        if j is None:
+            expected.append([]), free.append(10)
+            j = len(free) - 1
+        expected[j].append(i)
+        free[j] -= lengths[i]
+    assert bins == expected
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    with pytest.raises(ValueError, match="does not fit"):
+        packing.first_fit_decreasing([11], 10)
+
+
+def test_plan_rebuilds_every_sequence_and_respects_the_budget():
+    batch = make_batch(12, seed=3)
+    plan = packing.plan_packing(batch["input_ids"], batch["attention_mask"], R, max_tokens_per_micro_batch=64,
+                                row_multiple=2)
+    rows, g, m, t = plan.tokens.shape
+    assert rows % 2 == 0 and rows * t <= 64 and t >= P + R and g == 1 and m & (m - 1) == 0
+    seen = set()
+    for at in np.ndindex(rows, g, m):
+        for s in np.flatnonzero(plan.slot_valid[at]):
+            i = int(plan.seq_index[at][s])
+            seen.add(i)
+            seg = plan.segment_ids[at] == s + 1
+            real = batch["attention_mask"][i] > 0
+            np.testing.assert_array_equal(plan.tokens[at][seg], batch["input_ids"][i][real])
+            np.testing.assert_array_equal(plan.positions[at][seg], np.arange(real.sum()))
+            # resp_index points at the token just before each response token.
+            for tt in np.flatnonzero(batch["attention_mask"][i, P:]):
+                assert plan.tokens[at][plan.resp_index[at][s, tt] + 1] == batch["input_ids"][i, P + tt]
+    assert seen == set(range(12)) and plan.real_tokens == int(batch["attention_mask"].sum())
+    with pytest.raises(ValueError, match="no prompt token"):
+        bad = dict(batch, attention_mask=batch["attention_mask"].copy())
+        bad["attention_mask"][0, :P] = 0
+        packing.plan_packing(bad["input_ids"], bad["attention_mask"], R, max_tokens_per_micro_batch=64)
+
+
+@pytest.mark.parametrize("budget", [16, 64, 4096])
+def test_packed_logprobs_equal_padded(params, budget):
+    batch = make_batch(8, seed=1)
+    padded = tr.compute_logprobs(params, CFG, batch, temperature=TEMP, with_entropy=True, chunk=4)
+    packed = tr.compute_logprobs(params, CFG, batch, temperature=TEMP, with_entropy=True, chunk=4,
+                                 max_tokens_per_micro_batch=budget)
+    for k in ("logp", "entropy"):
+        np.testing.assert_allclose(np.asarray(packed[k]), np.asarray(padded[k]), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_logprobs_sharded_equal_single_device(params):
+    batch = make_batch(8, seed=2)
+    sharder = shd.Sharder(shd.make_mesh((2, 4, 1)))
+    placed = jax.device_put(params, tr.params_shardings(CFG, sharder))
+    single = tr.compute_logprobs(params, CFG, batch, temperature=TEMP, max_tokens_per_micro_batch=64)
+    sharded = tr.compute_logprobs(placed, CFG, batch, temperature=TEMP, max_tokens_per_micro_batch=64,
+                                  sharder=sharder)
+    np.testing.assert_allclose(np.asarray(sharded["logp"]), np.asarray(single["logp"]), rtol=1e-5, atol=1e-5)
