@@ -79,3 +79,65 @@ def test_packed_logprobs_sharded_equal_single_device(params):
     sharded = tr.compute_logprobs(placed, CFG, batch, temperature=TEMP, max_tokens_per_micro_batch=64,
                                   sharder=sharder)
     np.testing.assert_allclose(np.asarray(sharded["logp"]), np.asarray(single["logp"]), rtol=1e-5, atol=1e-5)
+
+
+def _run(params, batch, ucfg, sharder=None):
+    axes = param_logical_axes(CFG) if sharder else None
+    state = tr.create_train_state(params, GRAD_PROBE, sharder, logical_axes=axes)
+    state, metrics = tr.make_update_fn(CFG, ucfg, GRAD_PROBE, sharder)(state, batch)
+    return to_np(state.params), {k: float(v) for k, v in metrics.items()}
+
+
+def _assert_same_update(a, b, skip=("pack_fill",)):
+    (pa, ma), (pb, mb) = a, b
+    assert max_diff(pa, pb) < 2e-5  # lr 1 / eps 1 Adam: params after one step compare gradients
+    for k in ma:
+        if k not in skip:
+            assert mb[k] == pytest.approx(ma[k], rel=1e-5, abs=2e-6), k
+
+
+@pytest.mark.parametrize("mode", sorted(AGG_MODES))
+def test_packed_update_equals_padded_every_mode(params, mode):
+    batch = rl_batch(params, b=8, seed=4, noise=0.3)
+    batch["advantages"] = np.random.default_rng(5).normal(size=(8, R)).astype(np.float32)  # per-token too
+    ucfg = tr.UpdateConfig(temperature=TEMP, agg_mode=mode, entropy_coeff=0.01, use_kl_loss=True,
+                           micro_batch_size=2, logprob_chunk=4, clip_c=3.0)
+    padded = _run(params, batch, ucfg)
+    packed = _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=24))
+    _assert_same_update(padded, packed)
+    assert 0 < packed[1]["pack_fill"] <= 1
+
+
+def test_packed_update_epochs_and_mini_batches_equal_padded(params):
+    batch = rl_batch(params, b=8, seed=6, noise=0.2)
+    ucfg = tr.UpdateConfig(temperature=TEMP, ppo_epochs=2, mini_batch_size=4, micro_batch_size=2,
+                           entropy_coeff=0.01, logprob_chunk=4)
+    _assert_same_update(_run(params, batch, ucfg),
+                        _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32)))
+    with pytest.raises(ValueError, match="shuffle"):
+        dataclasses.replace(ucfg, max_tokens_per_micro_batch=32, shuffle=True)
+
+
+def test_packed_update_on_a_mesh_equals_padded_single_device(params):
+    batch = rl_batch(params, b=8, seed=7, noise=0.2)
+    ucfg = tr.UpdateConfig(temperature=TEMP, entropy_coeff=0.01, use_kl_loss=True, logprob_chunk=4)
+    sharder = shd.Sharder(shd.make_mesh((2, 4, 1)))
+    placed = jax.device_put(params, tr.params_shardings(CFG, sharder))
+    packed = _run(placed, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=64), sharder)
+    _assert_same_update(_run(params, batch, ucfg), packed)
+
+
+@pytest.mark.parametrize("budget", [None, 32])
+def test_fused_old_logp_equals_separate_pass(params, budget):
+    batch = rl_batch(params, b=8, seed=8, noise=0.0)  # old_logp from a separate forward of the same params
+    ucfg = tr.UpdateConfig(temperature=TEMP, entropy_coeff=0.01, use_kl_loss=True, micro_batch_size=4,
+                           logprob_chunk=4, max_tokens_per_micro_batch=budget)
+    separate = _run(params, batch, ucfg)
+    fused_batch = {k: v for k, v in batch.items() if k != "old_logp"}
+    fused = _run(params, fused_batch, dataclasses.replace(ucfg, fuse_old_logp=True))
+    _assert_same_update(separate, fused)
+    assert fused[1]["ratio_min"] == fused[1]["ratio_max"] == 1.0 and fused[1]["clipfrac"] == 0.0
+    with pytest.raises(ValueError, match="ppo_epochs"):
+        dataclasses.replace(ucfg, fuse_old_logp=True, ppo_epochs=2)
+    with pytest.raises(ValueError, match="one mini-batch"):
+        _run(params, fused_batch, dataclasses.replace(ucfg, fuse_old_logp=True, mini_batch_size=4))
