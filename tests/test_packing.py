@@ -41,7 +41,8 @@ def test_plan_rebuilds_every_sequence_and_respects_the_budget():
     plan = packing.plan_packing(batch["input_ids"], batch["attention_mask"], R, max_tokens_per_micro_batch=64,
                                 row_multiple=2)
     rows, g, m, t = plan.tokens.shape
-    assert rows % 2 == 0 and rows * t <= 64 and t >= P + R and g == 1 and m & (m - 1) == 0
+    assert rows % 2 == 0 and rows * t <= 2 * 64 and t >= P + R and g == 1 and m & (m - 1) == 0
+    assert packing.row_layout(300, 8192, 4) == (512, 64) and packing.row_layout(20, 100, 2) == (64, 2)
     seen = set()
     for at in np.ndindex(rows, g, m):
         for s in np.flatnonzero(plan.slot_valid[at]):
@@ -141,3 +142,25 @@ def test_fused_old_logp_equals_separate_pass(params, budget):
         dataclasses.replace(ucfg, fuse_old_logp=True, ppo_epochs=2)
     with pytest.raises(ValueError, match="one mini-batch"):
         _run(params, fused_batch, dataclasses.replace(ucfg, fuse_old_logp=True, mini_batch_size=4))
+
+
+def test_training_run_packed_equals_padded(tmp_path):
+    """launch/train.py on configs/tiny.py with actor.packing true vs false: the same metrics."""
+    import json
+
+    from launch.train import train
+    from tests.test_train_e2e import _tiny
+
+    runs = {}
+    for packed in (True, False):
+        overrides = {"actor.packing": packed, "actor.max_tokens_per_micro_batch": 64, "trainer.save_every": 0,
+                     "trainer.eval_every": 0, "actor.recompute_old_logp": True, "actor.fuse_old_logp": packed}
+        train(_tiny(**overrides), tmp_path / str(packed))
+        rows = [json.loads(x) for x in (tmp_path / str(packed) / "metrics.jsonl").read_text().splitlines()]
+        runs[packed] = [r for r in rows if "actor/loss" in r]
+    assert len(runs[True]) == len(runs[False]) == 3
+    for a, b in zip(runs[True], runs[False]):
+        for key, value in b.items():
+            if key.startswith(("actor/", "reward/", "response/")) and key != "actor/pack_fill":
+                assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
+        assert 0 < a["actor/pack_fill"] <= 1 and "rollout/logp_abs_diff" in b

@@ -5,8 +5,8 @@ them are padding. Here each sequence's real tokens (prompt + response, `attentio
 are laid end to end in rows of `row_len` tokens, chosen by first-fit-decreasing (deterministic: ties
 broken by batch index). Each token carries a segment id (1, 2, ... per sequence of its row, 0 for row
 padding) and its RoPE position within its own sequence; attention is block-diagonal causal
-(`transformer.decode_packed`). A micro-batch is `rows` rows, at most `max_tokens_per_micro_batch`
-tokens, so micro-batches hold a token budget, not a row count.
+(`transformer.decode_packed`). A micro-batch gives every device at most `max_tokens_per_micro_batch`
+tokens (`row_layout`), so micro-batches hold a token budget, not a row count.
 
 Shapes are bucketed so a run compiles a handful of programs: `row_len` is a power of two (>= the
 longest sequence), sequence slots per row `S` and micro-batches per group `M` are powers of two.
@@ -104,15 +104,15 @@ class PackedPlan:
 def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int) -> tuple[int, int]:
     """`(row_len, rows per micro-batch)` for a batch whose longest sequence has `longest` tokens.
 
-    `row_len` is the power of two >= `longest` (at least `MIN_ROW_LEN` when the budget gives every
-    device that much); rows per micro-batch fill the budget in multiples of `row_multiple` (the
-    batch-sharding device count), at least one row per device even if that exceeds the budget.
+    The budget is per device (like verl's `ppo_max_token_len_per_gpu`): a micro-batch has `row_multiple`
+    (the batch-sharding device count) times `max(1, budget // row_len)` rows. `row_len` is the power of
+    two >= `longest`, and at least `MIN_ROW_LEN` when the budget allows; a sequence longer than the
+    budget still gets one row per device (the budget is then exceeded, never the sequence cut).
     """
     if max_tokens_per_micro_batch < 1 or row_multiple < 1:
         raise ValueError("max_tokens_per_micro_batch and row_multiple must be >= 1")
-    row_len = max(_pow2(longest), min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch // row_multiple + 1) // 2))
-    rows = max(1, max_tokens_per_micro_batch // (row_len * row_multiple)) * row_multiple
-    return row_len, rows
+    row_len = max(_pow2(longest), min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2))
+    return row_len, max(1, max_tokens_per_micro_batch // row_len) * row_multiple
 
 
 def plan_packing(
@@ -126,8 +126,8 @@ def plan_packing(
       response_len: R.
       groups: sequences packed separately (the update's mini-batches), a list of index arrays; default
         one group of all rows.
-      max_tokens_per_micro_batch: token budget of one micro-batch (all its rows).
-      row_multiple: rows per micro-batch are a multiple of this (devices sharing the batch).
+      max_tokens_per_micro_batch: token budget of one micro-batch per device (`row_layout`).
+      row_multiple: devices sharing the batch; each gets the same number of rows per micro-batch.
 
     Raises:
       ValueError: a sequence with response tokens but no real prompt token (nothing predicts its first
@@ -265,7 +265,7 @@ def compute_logprobs_packed(
 
     Args:
       batch: `input_ids`, `attention_mask` `[B, P+R]` and `response_mask` `[B, R]` (host or device).
-      max_tokens_per_micro_batch: token budget of one forward pass (all its rows).
+      max_tokens_per_micro_batch: token budget of one forward pass, per device.
       Others: as `compute_logprobs`.
 
     Returns:
