@@ -101,18 +101,28 @@ class PackedPlan:
         return sum(self.micro_batches) * rows * t
 
 
-def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int) -> tuple[int, int]:
+def _bucket(n: int) -> int:
+    """Smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) >= n: <= 33% waste."""
+    p = _pow2(n)
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
+def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int, bins: int | None = None):
     """`(row_len, rows per micro-batch)` for a batch whose longest sequence has `longest` tokens.
 
     The budget is per device (like verl's `ppo_max_token_len_per_gpu`): a micro-batch has `row_multiple`
-    (the batch-sharding device count) times `max(1, budget // row_len)` rows. `row_len` is the power of
-    two >= `longest`, and at least `MIN_ROW_LEN` when the budget allows; a sequence longer than the
-    budget still gets one row per device (the budget is then exceeded, never the sequence cut).
+    (the batch-sharding device count) times at most `max(1, budget // row_len)` rows, and no more than
+    the bucketed rows `bins` filled rows need. `row_len` is the power of two >= `longest`, and at
+    least `MIN_ROW_LEN` when the budget allows; a sequence longer than the budget still gets one row
+    per device (the budget is then exceeded, never the sequence cut).
     """
     if max_tokens_per_micro_batch < 1 or row_multiple < 1:
         raise ValueError("max_tokens_per_micro_batch and row_multiple must be >= 1")
     row_len = max(_pow2(longest), min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2))
-    return row_len, max(1, max_tokens_per_micro_batch // row_len) * row_multiple
+    per_device = max(1, max_tokens_per_micro_batch // row_len)
+    if bins is not None:
+        per_device = min(per_device, _bucket(math.ceil(bins / row_multiple)))
+    return row_len, per_device * row_multiple
 
 
 def plan_packing(
@@ -143,8 +153,9 @@ def plan_packing(
         raise ValueError(f"rows {np.flatnonzero(no_prompt)[:8].tolist()} have response tokens but no prompt token")
     groups = [np.arange(b)] if groups is None else [np.asarray(g) for g in groups]
     lengths = mask.sum(axis=1)
-    row_len, rows = row_layout(int(lengths.max(initial=1)), max_tokens_per_micro_batch, row_multiple)
+    row_len, _ = row_layout(int(lengths.max(initial=1)), max_tokens_per_micro_batch, row_multiple)
     bins = [[[int(g[i]) for i in bin_] for bin_ in first_fit_decreasing(lengths[g], row_len)] for g in groups]
+    _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins))
     m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
     s = _pow2(max([len(bin_) for bg in bins for bin_ in bg] or [1]))
     shape = (rows, len(groups), m)
