@@ -166,3 +166,16 @@ def test_training_run_packed_equals_padded(tmp_path):
             if key.startswith(("actor/", "reward/", "response/")) and key != "actor/pack_fill":
                 assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
         assert 0 < a["actor/pack_fill"] <= 1 and "rollout/logp_abs_diff" in b
+
+
+def test_dry_run_memory_plan_follows_the_token_budget():
+    from configs import qwen15b_1shot
+    from launch.memory_plan import memory_plan
+
+    c = qwen15b_1shot.get_config()
+    key = "activations (one micro-batch, remat)"
+    c.actor.max_tokens_per_micro_batch = 8192  # two 4096-token rows (prompt 1024 + response 3072) per device
+    small = memory_plan(c)["bytes_per_device"][key]
+    c.actor.max_tokens_per_micro_batch = 16384
+    big = memory_plan(c)["bytes_per_device"][key]
+    assert big == pytest.approx(2 * small, rel=1e-6)
