@@ -66,7 +66,8 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
     _validate_breadth(config)
     for key in ("trainer.batch_size", "rollout.n", "rollout.max_new_tokens", "data.max_prompt_len",
                 "actor.micro_batch_size", "actor.ppo_epochs", "reward.num_workers", "reward.timeout_s",
-                "rollout.temperature", "actor.logprob_chunk", "eval.batch_size", "eval.max_new_tokens"):
+                "rollout.temperature", "actor.logprob_chunk", "eval.batch_size", "eval.max_new_tokens",
+                "actor.max_tokens_per_micro_batch"):
         _positive(config, key)
     for key in ("trainer.total_steps", "trainer.save_every", "trainer.eval_every", "actor.mini_batch_size",
                 "actor.lr", "actor.weight_decay", "actor.grad_clip", "actor.entropy_coeff", "actor.kl_coef",

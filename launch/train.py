@@ -63,8 +63,17 @@ def build_optimizer_configs(config):
         use_kl_loss=a.use_kl_loss, agg_mode=a.agg_mode, temperature=config.rollout.temperature,
         logprob_chunk=a.logprob_chunk, max_response_len=config.rollout.max_new_tokens,
         cliprange_value=config.critic.cliprange_value,
+        max_tokens_per_micro_batch=a.max_tokens_per_micro_batch if a.packing else None,
+        fuse_old_logp=fuses_old_logp(config),
     )
     return opt, upd
+
+
+def fuses_old_logp(config) -> bool:
+    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch."""
+    a = config.actor
+    one_mini = not a.mini_batch_size or a.mini_batch_size >= config.trainer.batch_size * config.rollout.n
+    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini)
 
 
 def build_examples(config):
@@ -205,10 +214,11 @@ def train(config, workdir: pathlib.Path) -> dict:
         max_prompt_len=config.data.max_prompt_len, reward=config.reward.name,
         recompute_old_logp=config.actor.recompute_old_logp, dynamic_sampling=config.algorithm.dynamic_sampling,
         max_sampling_rounds=config.algorithm.max_sampling_rounds,
-        on_nonfinite=config.trainer.on_nonfinite)
+        on_nonfinite=config.trainer.on_nonfinite, fuse_old_logp=upd_cfg.fuse_old_logp)
     logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
         p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
-        chunk=config.actor.logprob_chunk, sharder=sharder)["logp"]
+        chunk=config.actor.logprob_chunk, sharder=sharder,
+        max_tokens_per_micro_batch=config.actor.max_tokens_per_micro_batch if config.actor.packing else None)["logp"]
     run_info = RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
                        entity=config.trainer.wandb_entity)
     writer = MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers), run=run_info)

@@ -73,6 +73,9 @@ class LoopSettings:
     # Recompute the rollout policy's log-probs with the trainer's forward (verl's default). Off: use
     # the sampler's own log-probs (identical math; saves a forward pass, exact only in float32).
     recompute_old_logp: bool = True
+    # The update takes the old log-probs from its own forward (one epoch, one mini-batch; see
+    # `UpdateConfig.fuse_old_logp`): no separate old-policy pass, and no `rollout/logp_abs_diff`.
+    fuse_old_logp: bool = False
     # A step whose loss or gradient is non-finite: "stop" the run (checkpoint the last good state,
     # raise NonFiniteError) or "skip" it (the update already left the state unchanged) and go on.
     on_nonfinite: str = "stop"
@@ -173,7 +176,9 @@ class RLLoop:
         arrays = self._put(rb.arrays())
         # Device work first: JAX dispatch is asynchronous, so the old/reference log-probs (and critic
         # values) are computed while the host scores the responses below.
-        if self.settings.recompute_old_logp:
+        if self.settings.fuse_old_logp:
+            old_logp = None  # the update's own forward provides them
+        elif self.settings.recompute_old_logp:
             old_logp = self.logprob_fn(self.state.params, arrays)
         else:
             old_logp = self._put(rb.rollout_logp)
@@ -194,7 +199,8 @@ class RLLoop:
         # The rollout arrays already on device replace rb's host copies; the advantages go up once.
         update_batch = self._put({**rb.update_batch(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages),
                                   **arrays})
-        jax.block_until_ready(old_logp)
+        # perf/ref_s: the old/reference log-prob (and critic value) passes' time NOT hidden behind scoring.
+        jax.block_until_ready((old_logp, ref_logp, values))
         t_ref = time.time()
         if self.critic is None or step > self.critic.warmup_steps:
             self.state, actor_metrics = self.update_fn(self.state, update_batch)
@@ -205,7 +211,8 @@ class RLLoop:
         metrics = self._step_metrics(rewards, texts, result, update_metrics)
         metrics["perf/compiles"] = float(compiles.count)
         metrics.update(reward_metrics, **sampling_metrics, **{"reward/score_mean": float(np.mean(scores))})
-        if self.settings.recompute_old_logp:  # Sampler vs trainer log-prob mismatch (verl's top complaint).
+        # Sampler vs trainer log-prob mismatch (verl's top complaint).
+        if old_logp is not None and self.settings.recompute_old_logp:
             mask = rb.response_mask > 0
             diff = np.abs(distributed.to_host(old_logp) - rb.rollout_logp)
             metrics["rollout/logp_abs_diff"] = float(diff[mask].mean())
