@@ -99,6 +99,9 @@ def _layer(cfg, sharder, h_b1d, lp, write_b, mask_bw, layer_cache):
     q = _proj(x, attn_p["q_proj"], dt).reshape(b, 1, cfg.num_heads, cfg.head_dim)
     k = _proj(x, attn_p["k_proj"], dt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
     v = _proj(x, attn_p["v_proj"], dt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # Qwen3: per-head RMSNorm before RoPE, as in `transformer._layer`.
+        q = tfm.rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps)
+        k = tfm.rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps)
     inv_freq = tfm.rope_inv_freq(cfg)
     q, k = tfm.apply_rope(q, write_b[:, None], inv_freq), tfm.apply_rope(k, write_b[:, None], inv_freq)
     rows = jnp.arange(b)
