@@ -58,7 +58,8 @@ def build_optimizer_configs(config):
                           weight_decay=a.weight_decay, grad_clip=a.grad_clip or None)
     upd = UpdateConfig(
         ppo_epochs=a.ppo_epochs, mini_batch_size=a.mini_batch_size or None,
-        micro_batch_size=a.micro_batch_size, policy_loss=a.policy_loss, tis_cap=a.tis_cap, clip_low=a.clip_low, clip_high=a.clip_high,
+        micro_batch_size=a.micro_batch_size, policy_loss=a.policy_loss, tis_cap=a.tis_cap,
+        clip_low=a.clip_low, clip_high=a.clip_high,
         clip_c=a.clip_c or None, entropy_coeff=a.entropy_coeff, kl_coef=a.kl_coef, kl_kind=a.kl_kind,
         use_kl_loss=a.use_kl_loss, agg_mode=a.agg_mode, temperature=config.rollout.temperature,
         logprob_chunk=a.logprob_chunk, max_response_len=config.rollout.max_new_tokens,
@@ -70,10 +71,14 @@ def build_optimizer_configs(config):
 
 
 def fuses_old_logp(config) -> bool:
-    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch."""
+    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch.
+
+    Not with PPO's KL-in-reward: the critic's GAE needs the rollout policy's log-probs before the update.
+    """
     a = config.actor
     one_mini = not a.mini_batch_size or a.mini_batch_size >= config.trainer.batch_size * config.rollout.n
-    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini)
+    kl_in_reward = config.algorithm.reward_kl_coef > 0
+    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini and not kl_in_reward)
 
 
 def build_examples(config):
