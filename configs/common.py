@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).
     c.rollout.top_k = 0  # Top-k sampling (0 = off).
     c.rollout.max_new_tokens = 3072  # Maximum response length.
-    c.rollout.sub_batch_size = 256  # Sequences decoded at once (bounds KV-cache memory); 0 = all.
+    c.rollout.sub_batch_size = 256  # Decode slots: sequences decoded at once (bounds KV-cache memory); 0 = sized by the engine.
     # Tokens that end a response (the stop token stays in the response and its loss mask):
     # "eos" = the model's EOS only (tokenizer eos + generation_config.json eos_token_id), what vLLM
     # stops at in the paper's verl rollouts -- for base Qwen2.5-Math that is <|endoftext|>, so an
