@@ -213,7 +213,8 @@ def packed_logprobs(
     logp_rt, ent_rt = logprobs_from_hidden(h_rtd, w_dv, targets_rt, temperature=temperature, chunk=chunk,
                                            with_entropy=with_entropy, sharder=sharder)
     rows, s, r = resp_index_rsr.shape
-    to_resp = lambda x: jnp.take_along_axis(x, resp_index_rsr.reshape(rows, s * r), axis=1).reshape(rows * s, r)  # noqa: E731
+    index = resp_index_rsr.reshape(rows, s * r)
+    to_resp = lambda x: jnp.take_along_axis(x, index, axis=1).reshape(rows * s, r)  # noqa: E731
     return to_resp(logp_rt), (to_resp(ent_rt) if with_entropy else None)
 
 
