@@ -30,8 +30,11 @@ def get_config(arg=None):
     c.rollout.temperature = 0.6  # The paper's value; at 1.0 this small model's samples are mostly noise.
     c.rollout.max_new_tokens = 64  # The answer fits in one or two sentences; rambling is truncated.
     c.rollout.sub_batch_size = 0
+    # A chat model on a chat template: end at its end-of-turn too (not a paper reproduction).
+    c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
-    c.actor.micro_batch_size = 16
+    c.actor.micro_batch_size = 16  # The whole batch in one pass (no gradient-accumulation buffer).
+    c.actor.logprob_chunk = 16  # Response tokens per [16, chunk, 49152] float32 logits block (50 MB).
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.
     # Old log-probs from the update's own forward (fused: one epoch, one mini-batch), so the first ratio
     # is exactly 1 in bf16 too, at no extra pass.
@@ -48,5 +51,5 @@ def get_config(arg=None):
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
-    c.eval.batch_size = 200
+    c.eval.batch_size = 50  # Rows decoded at once: bounds the KV cache (~0.3 GB at 50 rows x 128 tokens).
     return common.apply_recipe_variant(c, arg)

@@ -6,9 +6,10 @@ import pathlib
 
 import ml_collections
 
-ADVANTAGES = ("grpo", "drgrpo", "rloo", "gae")
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "abs", "k2", "k3", "low_var_kl")
+from rlvr_jax import algorithms
+from rlvr_jax.rewards import registry as rewards_registry
+from rlvr_jax.training.loggers import check_loggers
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -55,11 +56,14 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
     _one_of(config, "model.attention_impl", ("xla", "cudnn"))
     _one_of(config, "model.remat", ("none", "full", "dots"))
     _require(len(tuple(config.mesh.shape)) == 3, "mesh.shape", "needs 3 entries (data, fsdp, tensor)")
-    _one_of(config, "algorithm.name", ADVANTAGES)
-    _one_of(config, "actor.agg_mode", AGG_MODES)
-    _one_of(config, "actor.kl_kind", KL_KINDS)
+    # Valid names come from the registries, so a newly registered estimator / loss / reward is valid.
+    _one_of(config, "algorithm.name", sorted(algorithms.ADVANTAGE_ESTIMATORS))
+    _one_of(config, "actor.policy_loss", sorted(algorithms.POLICY_LOSSES))
+    _one_of(config, "actor.agg_mode", sorted(algorithms.AGG_MODES))
+    _one_of(config, "actor.kl_kind", sorted(algorithms.KL_ESTIMATORS))
     _one_of(config, "actor.schedule", ("constant", "linear_warmup", "cosine"))
-    _one_of(config, "reward.name", ("math", "none"))
+    _one_of(config, "reward.name", sorted(rewards_registry.REWARDS))
+    _validate_breadth(config)
     for key in ("trainer.batch_size", "rollout.n", "rollout.max_new_tokens", "data.max_prompt_len",
                 "actor.micro_batch_size", "actor.ppo_epochs", "reward.num_workers", "reward.timeout_s",
                 "rollout.temperature", "actor.logprob_chunk", "eval.batch_size", "eval.max_new_tokens",
@@ -70,6 +74,7 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
                 "rollout.sub_batch_size", "rollout.top_k", "eval.limit", "trainer.keep"):
         _positive(config, key, allow_zero=True)
     _require(0 < config.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {config.rollout.top_p}")
+    _check_stop_and_eval(config)
     sequences = config.trainer.batch_size * config.rollout.n
     mini = config.actor.mini_batch_size or sequences
     _require(sequences % mini == 0, "actor.mini_batch_size",
@@ -82,3 +87,37 @@ def validate(config: ml_collections.ConfigDict, *, need_weights: bool = True) ->
              f"dual-clip constant must be 0 (off) or > 1, got {config.actor.clip_c}")
     if config.algorithm.name == "gae":
         _positive(config, "critic.lr")
+    try:  # Before any weights load: an unknown logger or a missing wandb fails at start-up.
+        check_loggers(config.trainer.loggers)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _check_stop_and_eval(config) -> None:
+    from rlvr_jax.data.tokenizers import STOP_MODES
+    from rlvr_jax.evaluation.graders import GRADERS
+
+    _one_of(config, "rollout.stop", STOP_MODES)
+    _one_of(config, "eval.stop", STOP_MODES)
+    _one_of(config, "eval.grader", tuple(sorted(GRADERS)))
+    for key in ("eval.n", "eval.temperature"):
+        _positive(config, key, allow_zero=True)
+    _require(0 <= config.eval.top_p <= 1, "eval.top_p", f"must be in [0, 1] (0 = the benchmark's own), "
+             f"got {config.eval.top_p}")
+
+
+def _validate_breadth(config) -> None:
+    """Keys of the objective variants: truncated IS, overlong shaping, dynamic sampling, KL-in-reward."""
+    for key in ("actor.tis_cap", "reward.overlong_cache_len", "algorithm.reward_kl_coef"):
+        _positive(config, key, allow_zero=True)
+    _positive(config, "algorithm.max_sampling_rounds")
+    _require(config.reward.overlong_cache_len <= config.rollout.max_new_tokens, "reward.overlong_cache_len",
+             f"{config.reward.overlong_cache_len} exceeds rollout.max_new_tokens={config.rollout.max_new_tokens}")
+    _require(config.algorithm.reward_kl_coef == 0 or config.algorithm.name in algorithms.VALUE_BASED_ESTIMATORS,
+             "algorithm.reward_kl_coef", "the KL-in-reward penalty needs token-level advantages (algorithm.name="
+             f"{sorted(algorithms.VALUE_BASED_ESTIMATORS)}); use actor.use_kl_loss with group estimators")
+    _require(config.actor.clip_c == 0 or config.actor.policy_loss == "vanilla", "actor.clip_c",
+             f"the dual clip belongs to the vanilla PPO loss, not {config.actor.policy_loss!r}")
+    _require(not config.algorithm.dynamic_sampling or config.rollout.n > 1, "algorithm.dynamic_sampling",
+             "needs groups of rollout.n > 1 samples (a group of one always has equal scores)")
+    _require(-1 <= config.reward.hapo.floor <= 0, "reward.hapo.floor", f"must be in [-1, 0], got {config.reward.hapo.floor}")

@@ -9,6 +9,10 @@ r"""Evaluates a model on math benchmarks with the paper's protocol: samples, sum
     # A training run's latest checkpoint (a workdir holding checkpoints/ and config.json):
     python launch/eval.py --config=configs/qwen15b_1shot.py --config.model.path=runs/qwen15b_1shot
 
+    # Every checkpoint of a run (train with trainer.keep=0), resumable; or --steps=20,40,60:
+    python launch/eval.py --config=configs/qwen15b_1shot.py --config.model.path=runs/qwen15b_1shot \
+      --benchmarks=paper --steps=all
+
     # Smoke test: the random tiny model on a jsonl file.
     python launch/eval.py --config=configs/tiny.py --benchmarks=problems.jsonl
 
@@ -21,11 +25,14 @@ this tool follows each benchmark's own protocol unless --greedy is given.
 
 Writes into --out_dir (default ./runs/<config.name>/eval, plus /step_<N> for a checkpoint):
 `samples/<benchmark>.jsonl` (one graded response a line), `summary.json`, `results.md`.
+--steps adds `sweep.md` / `sweep.json` (step x benchmark) and `curves/<benchmark>.png` there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -148,7 +155,9 @@ def eval_settings(config):
         max_new_tokens=config.eval.max_new_tokens, greedy=True if config.eval.greedy else None,
         template=config.eval.template, limit=config.eval.limit or None,
         batch_size=config.eval.batch_size, sub_batch_size=config.rollout.sub_batch_size or None,
-        seed=config.seed, progress=config.trainer.progress, system=config.data.system_prompt or None)
+        seed=config.seed, progress=config.trainer.progress, system=config.data.system_prompt or None,
+        n=config.eval.n or None, temperature=config.eval.temperature or None,
+        top_p=config.eval.top_p or None, stop=config.eval.stop)
 
 
 def benchmark_list(config, names: list[str] | None) -> list[str]:
@@ -181,6 +190,7 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
       ``{"results": ..., "paths": ..., "table": markdown, "paper_average": float | None}``.
     """
     from rlvr_jax import evaluation
+    from rlvr_jax.evaluation.graders import GRADERS
     from rlvr_jax.rewards import RewardPool
 
     config_check.validate(config, need_weights=not is_checkpoint_workdir(config.model.path))
@@ -191,14 +201,24 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
     policy = load_policy(config, sharder, step)
     settings = dataclasses.replace(eval_settings(config), greedy=greedy)
     start = time.time()
-    # Evaluation reads unboxed answers too (the fallbacks); only the training reward needs a box.
-    with RewardPool(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s,
-                    require_box=False) as pool:
+    # Every grader scores the same responses; config.eval.grader is the headline, each one adds
+    # `grader/<name>` to summary.json. require_box applies to the verifier only (the paper's
+    # suite has no such setting).
+    pools = {name: RewardPool(num_workers=config.reward.num_workers, timeout_s=config.reward.timeout_s,
+                              score_fn=fn) for name, fn in GRADERS.items()}
+    scorers = {name: functools.partial(pool.score, require_box=config.eval.require_box)
+               for name, pool in pools.items()}
+    with contextlib.ExitStack() as stack:
+        for pool in pools.values():
+            stack.enter_context(pool)
         evaluator = evaluation.Evaluator(
-            policy.tokenizer, benchmarks, data_dir=config.eval.data_dir, scorer=pool.score,
-            settings=settings, generate_fn=generate_fn, sharder=sharder)
+            policy.tokenizer, benchmarks, data_dir=config.eval.data_dir,
+            scorer=scorers[config.eval.grader], settings=settings, generate_fn=generate_fn,
+            sharder=sharder, extra_scorers=scorers)
         results, records = evaluator.run(policy.params, policy.cfg)
     meta = {"config": config.name, "model": policy.source, "settings": dataclasses.asdict(settings),
+            "scoring": {"grader": config.eval.grader, "require_box": bool(config.eval.require_box),
+                        "graders": sorted(GRADERS)},
             "protocols": {b.name: dataclasses.asdict(b) for b in evaluator.benchmarks},
             "seconds": {"total": time.time() - start, **evaluator.seconds}}
     if out_dir is None:
@@ -208,6 +228,33 @@ def run_eval(config, *, benchmarks: list[str] | None = None, out_dir: str | None
     paths = evaluation.write_outputs(out_dir, results, records, meta)
     return {"results": results, "paths": paths, "table": paths["table"].read_text(),
             "paper_average": evaluation.paper_average(results)}
+
+
+def run_sweep(config, steps: str, *, benchmarks: list[str] | None = None, out_dir: str | None = None,
+              greedy: bool | None = None, generate_fn=None):
+    """Evaluates checkpoints `steps` (``all`` or ``20,40,...``) of the workdir config.model.path.
+
+    Each step is a `run_eval` into ``<out_dir>/step_<N>`` (skipped when already there), then one
+    table and a curve per benchmark; see `rlvr_jax.evaluation.sweep`. Returns its `SweepResult`.
+    """
+    import importlib.util
+
+    from rlvr_jax.evaluation import get_benchmark, sweep
+
+    if not is_checkpoint_workdir(config.model.path):
+        raise config_check.ConfigError(f"config.model.path: --steps needs a training workdir with "
+                                       f"checkpoints/, got {config.model.path!r}")
+    chosen = sweep.parse_steps(steps, sweep.checkpoint_steps(config.model.path))
+    out_root = pathlib.Path(out_dir or pathlib.Path("runs") / config.name / "eval")
+    names = benchmark_list(config, benchmarks)
+    columns = [get_benchmark(b).name for b in builders.resolve_benchmarks(names, out_root / "heldout")]
+    plot = importlib.util.find_spec("matplotlib") is not None
+    if not plot:
+        print("matplotlib is not installed: writing the sweep table without curves (pip install matplotlib)")
+    return sweep.sweep_checkpoints(
+        chosen, columns, lambda step, d: run_eval(config, benchmarks=names, out_dir=str(d), step=step,
+                                                  greedy=greedy, generate_fn=generate_fn),
+        out_root, progress=config.trainer.progress, plot=plot)
 
 
 def _define_flags() -> dict:
@@ -225,6 +272,9 @@ def _define_flags() -> dict:
         benchmarks=flags.DEFINE_list("benchmarks", None, "Benchmarks to evaluate, overriding "
                                      "config.eval.benchmarks: names, dataset files, or `paper` "
                                      "for the six of the paper."),
+        steps=flags.DEFINE_string("steps", None, "Evaluate several checkpoints of the training "
+                                  "workdir config.model.path: `all` or `20,40,60`; finished steps are "
+                                  "skipped; writes sweep.md and a curve per benchmark."),
         greedy=flags.DEFINE_bool("greedy", False, "Decode every benchmark greedily (a quick "
                                  "check; not the paper's protocol for AIME24/AIME25/AMC23)."),
     )
@@ -233,9 +283,19 @@ def _define_flags() -> dict:
 def main(argv, flag_values: dict):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    greedy = True if flag_values["greedy"].value else None
+    if flag_values["steps"].value is not None:
+        if flag_values["step"].value is not None:
+            raise app.UsageError("give --step (one checkpoint) or --steps (a sweep), not both")
+        result = run_sweep(flag_values["config"].value, flag_values["steps"].value,
+                           benchmarks=flag_values["benchmarks"].value, out_dir=flag_values["out_dir"].value,
+                           greedy=greedy)
+        print(result.paths["table"].read_text(), end="")
+        print(f"best checkpoint: step {result.best()[0]}; wrote {result.paths['table'].parent}")
+        return
     out = run_eval(flag_values["config"].value, benchmarks=flag_values["benchmarks"].value,
                    out_dir=flag_values["out_dir"].value, step=flag_values["step"].value,
-                   greedy=True if flag_values["greedy"].value else None)
+                   greedy=greedy)
     print(out["table"], end="")
     if out["paper_average"] is not None:
         print(f"paper six-benchmark average: {100 * out['paper_average']:.1f}")

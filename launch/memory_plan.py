@@ -21,7 +21,7 @@ from rlvr_jax.models.presets import PRESETS, preset_config
 # Recipe name prefix -> architecture preset, for dry runs without a checkpoint on disk.
 _RECIPE_PRESETS = {"qwen15b": "qwen2.5-math-1.5b", "qwen7b": "qwen2.5-math-7b",
                    "r1_distill_qwen15b": "deepseek-r1-distill-qwen-1.5b", "llama32_3b": "llama-3.2-3b-instruct",
-                   "smollm2": "smollm2-135m"}
+                   "smollm2": "smollm2-135m", "qwen3_1p7b": "qwen3-1.7b"}
 GB = 1e9
 
 

@@ -58,7 +58,7 @@ def build_optimizer_configs(config):
                           weight_decay=a.weight_decay, grad_clip=a.grad_clip or None)
     upd = UpdateConfig(
         ppo_epochs=a.ppo_epochs, mini_batch_size=a.mini_batch_size or None,
-        micro_batch_size=a.micro_batch_size, clip_low=a.clip_low, clip_high=a.clip_high,
+        micro_batch_size=a.micro_batch_size, policy_loss=a.policy_loss, tis_cap=a.tis_cap, clip_low=a.clip_low, clip_high=a.clip_high,
         clip_c=a.clip_c or None, entropy_coeff=a.entropy_coeff, kl_coef=a.kl_coef, kl_kind=a.kl_kind,
         use_kl_loss=a.use_kl_loss, agg_mode=a.agg_mode, temperature=config.rollout.temperature,
         logprob_chunk=a.logprob_chunk, max_response_len=config.rollout.max_new_tokens,
@@ -114,7 +114,16 @@ def build_critic(config, cfg, params, sharder):
         p, cfg, arrays, micro_batch_size=config.actor.micro_batch_size, sharder=sharder)
     return CriticRunner(state, values_fn, make_critic_update_fn(cfg, upd, opt, sharder),
                         gamma=config.algorithm.gamma, lam=config.algorithm.lam,
-                        warmup_steps=config.critic.warmup_steps)
+                        warmup_steps=config.critic.warmup_steps, kl_coef=config.algorithm.reward_kl_coef)
+
+
+def build_reward(config, scorer):
+    """The training reward `config.reward.name` (rewards.registry), with DAPO's overlong shaping if asked."""
+    from rlvr_jax.rewards.registry import build_reward as build
+
+    options = config.reward.hapo.to_dict() if config.reward.name == "hapo" else {}
+    return build(config.reward.name, score_fn=scorer, overlong_cache_len=config.reward.overlong_cache_len,
+                 max_len=config.rollout.max_new_tokens, **options)
 
 
 def build_validation(config, cfg, tokenizer, scorer, sharder, workdir):
@@ -134,9 +143,12 @@ def build_validation(config, cfg, tokenizer, scorer, sharder, workdir):
     pi = jax.process_index()
     heldout = workdir / ("heldout" if pi == 0 else f"heldout_process{pi}")
     benchmarks = resolve_benchmarks(config.eval.benchmarks, heldout, exclude=build_examples(config))
+    # Validation scores as config.eval.require_box says (True: like the training reward) and logs it.
     return make_validation_fn(tokenizer, benchmarks, data_dir=config.eval.data_dir,
-                              scorer=scorer, settings=eval_settings(config), cfg=cfg, sharder=sharder,
-                              out_dir=workdir / "eval_samples" if pi == 0 else None)
+                              scorer=functools.partial(scorer, require_box=config.eval.require_box),
+                              settings=eval_settings(config), cfg=cfg, sharder=sharder,
+                              out_dir=workdir / "eval_samples" if pi == 0 else None,
+                              require_box=config.eval.require_box)
 
 
 def train(config, workdir: pathlib.Path) -> dict:
@@ -155,6 +167,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     from rlvr_jax.training.rollout_batch import RolloutSettings
     from rlvr_jax.training.state import create_train_state
     from rlvr_jax.training.update import make_update_fn
+    from rlvr_jax.training.loggers import RunInfo
     from rlvr_jax.training.writers import ConsoleLog, MetricsWriter
 
     is_main = jax.process_index() == 0
@@ -165,7 +178,8 @@ def train(config, workdir: pathlib.Path) -> dict:
     cfg, params = builders.build_model(config, sharder)
     opt_cfg, upd_cfg = build_optimizer_configs(config)
     state = create_train_state(params, opt_cfg, sharder, logical_axes=param_logical_axes(cfg), seed=config.seed)
-    ref_params = builders.cast_params(params, config.model.ref_dtype) if config.actor.use_kl_loss else None
+    need_ref = config.actor.use_kl_loss or config.algorithm.reward_kl_coef > 0
+    ref_params = builders.cast_params(params, config.model.ref_dtype) if need_ref else None
     del params
     critic = build_critic(config, cfg, state.params, sharder) if config.algorithm.name == "gae" else None
     prompts = PromptIterator(build_examples(config), config.trainer.batch_size, seed=config.seed,
@@ -173,7 +187,7 @@ def train(config, workdir: pathlib.Path) -> dict:
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.trainer.save_every,
                                 keep=config.trainer.keep, async_save=config.trainer.async_checkpoint)
     console = ConsoleLog(config.trainer.total_steps, enabled=is_main)
-    start_step = 0
+    start_step, host = 0, {}
     if checkpointer.latest_step() is not None:
         saved = state if critic is None else {"actor": state, "critic": critic.state}
         restored, host, start_step = checkpointer.restore(saved)
@@ -189,7 +203,8 @@ def train(config, workdir: pathlib.Path) -> dict:
     rollout = RolloutSettings(
         n=config.rollout.n, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
         top_k=config.rollout.top_k, max_new_tokens=config.rollout.max_new_tokens,
-        stop_token_ids=stop_token_ids(tokenizer), sub_batch_size=config.rollout.sub_batch_size,
+        stop_token_ids=stop_token_ids(tokenizer, config.rollout.stop, builders.model_dir(config)),
+        sub_batch_size=config.rollout.sub_batch_size,
         pad_id=tokenizer.pad_token_id or 0, progress=progress)
     settings = LoopSettings(
         total_steps=config.trainer.total_steps, eval_every=config.trainer.eval_every,
@@ -197,21 +212,28 @@ def train(config, workdir: pathlib.Path) -> dict:
         seed=config.seed, advantage=config.algorithm.name, norm_by_std=config.algorithm.norm_by_std,
         template=config.data.template, system_prompt=config.data.system_prompt or None,
         max_prompt_len=config.data.max_prompt_len, reward=config.reward.name,
-        recompute_old_logp=config.actor.recompute_old_logp, fuse_old_logp=upd_cfg.fuse_old_logp)
+        recompute_old_logp=config.actor.recompute_old_logp, dynamic_sampling=config.algorithm.dynamic_sampling,
+        max_sampling_rounds=config.algorithm.max_sampling_rounds,
+        on_nonfinite=config.trainer.on_nonfinite, fuse_old_logp=upd_cfg.fuse_old_logp)
     logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
         p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
         chunk=config.actor.logprob_chunk, sharder=sharder,
         max_tokens_per_micro_batch=config.actor.max_tokens_per_micro_batch if config.actor.packing else None)["logp"]
-    writer = MetricsWriter(workdir, enabled=is_main)
+    run_info = RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
+                       entity=config.trainer.wandb_entity)
+    writer = MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers), run=run_info)
     with RewardPool(config.reward.num_workers, config.reward.timeout_s) as pool:
         scorer = functools.partial(pool.score, require_box=config.reward.require_box)
+        reward = build_reward(config, scorer)
+        reward.restore(host.get("reward", {}))  # HAPO's history: a resumed run rewards as the original
         loop = RLLoop(
             model_cfg=cfg, state=state, ref_params=ref_params, tokenizer=tokenizer, prompts=prompts,
             rollout=rollout, settings=settings, update_fn=make_update_fn(cfg, upd_cfg, opt_cfg, sharder),
             logprob_fn=logprob_fn, score_fn=scorer, checkpointer=checkpointer, writer=writer, console=console,
             validate=build_validation(config, cfg, tokenizer, pool.score, sharder, workdir),
             process_index=jax.process_index(), process_count=jax.process_count(),
-            generate_fn=functools.partial(generate, sharder=sharder), critic=critic, sharder=sharder)
+            generate_fn=functools.partial(generate, sharder=sharder), critic=critic, sharder=sharder,
+            reward=reward)
         try:
             last = loop.run(start_step)
         finally:
@@ -239,7 +261,12 @@ def main(argv):
 
         print_memory_plan(config)
         return
-    train(config, workdir)
+    from rlvr_jax.training.rl_loop import NonFiniteError
+
+    try:
+        train(config, workdir)
+    except NonFiniteError as e:  # a clear message and a non-zero exit, not a traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""End-to-end: launch/train.py on the tiny config; resume exactness; config errors; recipe values."""
+"""End-to-end: launch/train.py on the tiny config writes every output; config errors; recipe values.
+
+Interruption and resume are in test_resume.py; config variants and the dry run in test_train_variants.py.
+"""
 
 import json
 import os
@@ -60,35 +63,6 @@ def _check_export(workdir):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert tok.decode(tok.encode("12.8")) == "12.8"
-
-
-def _tiny(**overrides):
-    c = tiny.get_config()
-    c.trainer.progress = False
-    c.trainer.async_checkpoint = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    from launch.train import train
-
-    straight = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "a")
-    train(_tiny(**{"trainer.total_steps": 2, "trainer.save_every": 2}), tmp_path / "b")
-    resumed = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "b")
-    assert [h["step"] for h in resumed["history"]] == [3, 4]
-    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        for key in ("reward/mean", "actor/loss", "actor/entropy", "actor/kl", "actor/grad_norm",
-                    "response/length_mean"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
-    assert straight["last"]["actor/entropy"] == pytest.approx(resumed["last"]["actor/entropy"], rel=1e-6)
 
 
 def test_config_errors_name_the_key():

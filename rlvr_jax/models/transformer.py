@@ -1,4 +1,4 @@
-"""Qwen2 / Llama-3 decoder as pure functions of a params pytree.
+"""Qwen2 / Qwen3 / Llama-3 decoder as pure functions of a params pytree.
 
 Params mirror HF names (`layers/self_attn/q_proj/kernel`) so loading is a table; per-layer params are
 stacked along a leading `layers` axis and the stack is run with `lax.scan`, so compile time does not
@@ -40,6 +40,9 @@ def param_shapes(cfg: ModelConfig) -> dict:
         attn["q_proj"]["bias"] = (l, qd)
         attn["k_proj"]["bias"] = (l, kd)
         attn["v_proj"]["bias"] = (l, kd)
+    if cfg.qk_norm:  # Qwen3: one scale per head_dim channel, shared by all heads of a layer.
+        attn["q_norm"] = {"scale": (l, cfg.head_dim)}
+        attn["k_norm"] = {"scale": (l, cfg.head_dim)}
     shapes = {
         "embed_tokens": {"embedding": (cfg.vocab_size, d)},
         "layers": {
@@ -72,6 +75,8 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
                 "k_proj": dict(kv_in),
                 "v_proj": dict(kv_in),
                 "o_proj": {"kernel": (L.LAYERS, L.HEADS, L.EMBED)},
+                "q_norm": {"scale": (L.LAYERS, L.NORM)},
+                "k_norm": {"scale": (L.LAYERS, L.NORM)},
             },
             "post_attention_layernorm": {"scale": (L.LAYERS, L.NORM)},
             "mlp": {
@@ -196,6 +201,9 @@ def _layer(cfg: ModelConfig, sharder, h_btd, lp, positions_bt, mask_bts, kv_l, c
     q = _dense(x, attn_p["q_proj"], dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = _dense(x, attn_p["k_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = _dense(x, attn_p["v_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # Qwen3 normalises each head before RoPE (so the cache holds normed keys).
+        q = rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps)
+        k = rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps)
     inv_freq = rope_inv_freq(cfg)
     q, k = apply_rope(q, positions_bt, inv_freq), apply_rope(k, positions_bt, inv_freq)
     new_kv = None

@@ -19,6 +19,7 @@ Actor (GRPO or PPO) batch keys, all with rows sharded along `ACT_BATCH`:
   old_logp       [B, R]   f32     rollout-policy log-probs (`compute_logprobs`, same temperature)
   advantages     [B] or [B, R] f32  per-sequence (GRPO) or per-token (GAE) advantages
   ref_logp       [B, R]   f32     reference log-probs; only read when `use_kl_loss`
+  rollout_logp   [B, R]   f32     the sampler's own log-probs; only read when `tis_cap > 0`
 
 With `max_tokens_per_micro_batch` the same batch is packed on the host (`packing.py`) into rows of real
 tokens, per mini-batch, and micro-batches hold a token budget; losses, denominators and metrics are the
@@ -41,7 +42,7 @@ import optax
 
 from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator
+from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator, truncated_is_weights
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import critic as critic_lib
@@ -62,8 +63,8 @@ ACTOR_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_logp", 
 # with the mini-batch denominator are shares: they add up. Anything else is a token-mean over the
 # micro-batch and is re-weighted by its token count.
 _SUM_KEYS = frozenset({"loss", "pg_loss", "entropy", "kl", "vf_loss", "num_tokens"})
-_MIN_KEYS = frozenset({"ratio_min"})
-_MAX_KEYS = frozenset({"ratio_max"})
+_MIN_KEYS = frozenset({"ratio_min", "tis_weight_min"})
+_MAX_KEYS = frozenset({"ratio_max", "tis_weight_max"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,10 @@ class UpdateConfig:
       mini_batch_size: rows per optimizer step; None: the whole batch (one step per epoch).
       micro_batch_size: rows per forward/backward (gradient accumulation); None: the mini-batch.
         For sharded runs make it a multiple of the data x fsdp mesh size.
+      policy_loss: registered policy loss (`algorithms.POLICY_LOSSES`: vanilla | gspo | cispo).
       clip_low, clip_high, clip_c: PPO clip range (DAPO clip-higher) and dual-clip constant.
+      tis_cap: truncated importance sampling cap C (0: off): the policy loss is weighted per token by
+        `min(exp(old_logp - rollout_logp), C)`, the sampler-vs-trainer correction.
       entropy_coeff: weight of the entropy bonus (`loss -= entropy_coeff * entropy`).
       kl_coef, kl_kind, use_kl_loss: KL-to-reference loss (k3 = "low_var_kl"); off: no ref needed.
       agg_mode: loss aggregation (`algorithms.AGG_MODES`), shared by all terms.
@@ -93,6 +97,8 @@ class UpdateConfig:
     ppo_epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
+    policy_loss: str = "vanilla"
+    tis_cap: float = 0.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float | None = None
@@ -119,6 +125,8 @@ class UpdateConfig:
             raise ValueError("ppo_epochs and logprob_chunk must be >= 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
             raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or None, got {self.max_tokens_per_micro_batch}")
         if self.max_tokens_per_micro_batch and self.shuffle:
@@ -129,7 +137,7 @@ class UpdateConfig:
 
     def actor_loss_config(self) -> ActorLossConfig:
         return ActorLossConfig(
-            clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
+            policy_loss=self.policy_loss, clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
             entropy_coeff=self.entropy_coeff, kl_coef=self.kl_coef if self.use_kl_loss else 0.0,
             kl_kind=self.kl_kind, agg=self.agg_mode, max_len=self.max_response_len,
         )
@@ -177,11 +185,14 @@ def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Ca
         # One epoch, one mini-batch: the rollout policy IS the current one, so its log-probs are this
         # forward's (no separate pass); the stop-gradient keeps the ratio's gradient that of exp(logp - c).
         old_logp = jax.lax.stop_gradient(logp) if ucfg.fuse_old_logp else mb["old_logp"]
+        is_weights, tis_metrics = None, {}
+        if ucfg.tis_cap > 0:  # Truncated IS: the trainer's old policy vs the sampler that drew the tokens.
+            is_weights, tis_metrics = truncated_is_weights(old_logp, mb["rollout_logp"], mb["response_mask"], ucfg.tis_cap)
         loss, metrics = actor_loss(
             logp, old_logp, mb["advantages"], mb["response_mask"], loss_cfg,
-            entropy=ent, ref_logp=mb.get("ref_logp"), denom=denom,
+            entropy=ent, ref_logp=mb.get("ref_logp"), is_weights=is_weights, denom=denom,
         )
-        metrics = dict(metrics, loss=jax.lax.stop_gradient(loss))
+        metrics = dict(metrics, **tis_metrics, loss=jax.lax.stop_gradient(loss))
         if "kl_loss" in metrics:
             metrics["kl"] = metrics.pop("kl_loss")
         return loss, metrics
@@ -225,6 +236,12 @@ def _combine_steps(m: dict) -> dict:
 def _accumulate_grads(loss_fn, params, micros: dict, denom, param_sh, n_micro: int):
     """Sum of gradients and stacked metrics over micro-batches (`micros` leaves `[n_micro, mb, ...]`)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if n_micro == 1:  # nothing to accumulate: no zeros tree and no scan (a params-sized buffer less)
+        (_, metrics), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micros), denom)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        if param_sh is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        return grads, jax.tree.map(lambda m: m[None], metrics)
     # Accumulate in float32 whatever the param dtype: bf16 sums of many micro-batches lose bits.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     if param_sh is not None:
@@ -332,7 +349,7 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
 
 
 # Per-sequence batch arrays a packed micro-batch gathers into its slots (padded response layout).
-_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp")
+_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp", "rollout_logp")
 
 
 def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
@@ -348,13 +365,19 @@ def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
 def _accumulate_packed(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
     """`_accumulate_grads` over packed micro-batches (`plan_m` leaves `[M, rows, ...]`); empty ones are skipped."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if param_sh is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
 
     def compute(mb):
         (_, metrics), grads = grad_fn(params, mb, denom)
         return jax.tree.map(lambda g: g.astype(jnp.float32), grads), metrics
+
+    if plan_m["tokens"].shape[0] == 1:  # one micro-batch (never empty): no buffer, no scan, no cond
+        grads, metrics = compute(_packed_micro_inputs(batch, jax.tree.map(lambda x: x[0], plan_m)))
+        if param_sh is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        return grads, jax.tree.map(lambda m: m[None], metrics)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if param_sh is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
 
     def body(acc, plan_mb):
         mb = _packed_micro_inputs(batch, plan_mb)
@@ -450,7 +473,8 @@ def make_update_fn(
       `num_skipped` and `finite` (1.0 iff every step had a finite loss and gradient); packed updates add
       `pack_fill` (real tokens / token slots computed). With `fuse_old_logp` the batch needs no `old_logp`.
     """
-    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ())
+    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ()) + (
+        ("rollout_logp",) if update_cfg.tis_cap > 0 else ())
     if update_cfg.fuse_old_logp:
         keys = tuple(k for k in keys if k != "old_logp")
     loss_fn = make_actor_loss_fn(cfg, update_cfg, sharder)
