@@ -421,7 +421,7 @@ def _make_packed_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, sh
 def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder, logical_axes):
     """`update(state, batch)` that plans packed rows on the host, then runs a jitted packed step."""
     tx, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-    cache = {}
+    cache, ratchet = {}, packing.ShapeRatchet()
 
     def update(state: TrainState, batch: dict):
         missing = [k for k in keys if k not in batch]
@@ -434,6 +434,7 @@ def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerCo
             ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
             max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
         )
+        plan = ratchet(plan)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         key = (b, plan.tokens.shape[0])
         if key not in cache:
