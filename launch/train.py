@@ -70,6 +70,22 @@ def build_optimizer_configs(config):
     return opt, upd
 
 
+def build_logprob_fn(config, cfg, sharder):
+    """`(params, arrays) -> [N, R] log-probs` for the old-policy and reference passes (packed or padded)."""
+    from rlvr_jax.training.logprobs import compute_logprobs
+    from rlvr_jax.training.packing import ShapeRatchet, compute_logprobs_packed
+
+    a, temp = config.actor, config.rollout.temperature
+    if a.packing:
+        ratchet = ShapeRatchet()  # one per run: the passes stop compiling once shapes stop growing
+        return lambda p, arrays: compute_logprobs_packed(
+            p, cfg, arrays, temperature=temp, max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
+            chunk=a.logprob_chunk, sharder=sharder, ratchet=ratchet)["logp"]
+    return lambda p, arrays: compute_logprobs(
+        p, cfg, arrays, temperature=temp, micro_batch_size=a.micro_batch_size, chunk=a.logprob_chunk,
+        sharder=sharder)["logp"]
+
+
 def fuses_old_logp(config) -> bool:
     """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch.
 
@@ -167,7 +183,6 @@ def train(config, workdir: pathlib.Path) -> dict:
     from rlvr_jax.rewards import RewardPool
     from rlvr_jax.sampling import generate
     from rlvr_jax.training.checkpoint import Checkpointer
-    from rlvr_jax.training.logprobs import compute_logprobs
     from rlvr_jax.training.rl_loop import LoopSettings, RLLoop
     from rlvr_jax.training.rollout_batch import RolloutSettings
     from rlvr_jax.training.state import create_train_state
@@ -220,10 +235,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         recompute_old_logp=config.actor.recompute_old_logp, dynamic_sampling=config.algorithm.dynamic_sampling,
         max_sampling_rounds=config.algorithm.max_sampling_rounds,
         on_nonfinite=config.trainer.on_nonfinite, fuse_old_logp=upd_cfg.fuse_old_logp)
-    logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
-        p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
-        chunk=config.actor.logprob_chunk, sharder=sharder,
-        max_tokens_per_micro_batch=config.actor.max_tokens_per_micro_batch if config.actor.packing else None)["logp"]
+    logprob_fn = build_logprob_fn(config, cfg, sharder)
     run_info = RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
                        entity=config.trainer.wandb_entity)
     writer = MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers), run=run_info)
