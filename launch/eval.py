@@ -1,10 +1,10 @@
 r"""Evaluates a model on math benchmarks with the paper's protocol: samples, summary and table.
 
     # The paper's six benchmarks, an HF checkpoint (greedy MATH500 / Minerva / OlympiadBench,
-    # avg@8 at temperature 0.6 for AIME24 / AIME25 / AMC23, 3,072 new tokens):
+    # avg@8 at temperature 0.6 for AIME24 / AIME25 / AMC23, 3,072 new tokens); the six sets ship
+    # with the package (--config.eval.data_dir=DIR reads another copy):
     python launch/eval.py --config=configs/qwen15b_1shot.py \
-      --config.model.path=/models/Qwen2.5-Math-1.5B --config.eval.data_dir=/data/eval \
-      --benchmarks=paper
+      --config.model.path=/models/Qwen2.5-Math-1.5B --benchmarks=paper
 
     # A training run's latest checkpoint (a workdir holding checkpoints/ and config.json):
     python launch/eval.py --config=configs/qwen15b_1shot.py --config.model.path=runs/qwen15b_1shot

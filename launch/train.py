@@ -58,7 +58,8 @@ def build_optimizer_configs(config):
                           weight_decay=a.weight_decay, grad_clip=a.grad_clip or None)
     upd = UpdateConfig(
         ppo_epochs=a.ppo_epochs, mini_batch_size=a.mini_batch_size or None,
-        micro_batch_size=a.micro_batch_size, policy_loss=a.policy_loss, tis_cap=a.tis_cap, clip_low=a.clip_low, clip_high=a.clip_high,
+        micro_batch_size=a.micro_batch_size, policy_loss=a.policy_loss, tis_cap=a.tis_cap,
+        clip_low=a.clip_low, clip_high=a.clip_high,
         clip_c=a.clip_c or None, entropy_coeff=a.entropy_coeff, kl_coef=a.kl_coef, kl_kind=a.kl_kind,
         use_kl_loss=a.use_kl_loss, agg_mode=a.agg_mode, temperature=config.rollout.temperature,
         logprob_chunk=a.logprob_chunk, max_response_len=config.rollout.max_new_tokens,
@@ -69,11 +70,31 @@ def build_optimizer_configs(config):
     return opt, upd
 
 
+def build_logprob_fn(config, cfg, sharder):
+    """`(params, arrays) -> [N, R] log-probs` for the old-policy and reference passes (packed or padded)."""
+    from rlvr_jax.training.logprobs import compute_logprobs
+    from rlvr_jax.training.packing import ShapeRatchet, compute_logprobs_packed
+
+    a, temp = config.actor, config.rollout.temperature
+    if a.packing:
+        ratchet = ShapeRatchet()  # one per run: the passes stop compiling once shapes stop growing
+        return lambda p, arrays: compute_logprobs_packed(
+            p, cfg, arrays, temperature=temp, max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
+            chunk=a.logprob_chunk, sharder=sharder, ratchet=ratchet)["logp"]
+    return lambda p, arrays: compute_logprobs(
+        p, cfg, arrays, temperature=temp, micro_batch_size=a.micro_batch_size, chunk=a.logprob_chunk,
+        sharder=sharder)["logp"]
+
+
 def fuses_old_logp(config) -> bool:
-    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch."""
+    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch.
+
+    Not with PPO's KL-in-reward: the critic's GAE needs the rollout policy's log-probs before the update.
+    """
     a = config.actor
     one_mini = not a.mini_batch_size or a.mini_batch_size >= config.trainer.batch_size * config.rollout.n
-    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini)
+    kl_in_reward = config.algorithm.reward_kl_coef > 0
+    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini and not kl_in_reward)
 
 
 def build_examples(config):
@@ -162,7 +183,6 @@ def train(config, workdir: pathlib.Path) -> dict:
     from rlvr_jax.rewards import RewardPool
     from rlvr_jax.sampling import generate
     from rlvr_jax.training.checkpoint import Checkpointer
-    from rlvr_jax.training.logprobs import compute_logprobs
     from rlvr_jax.training.rl_loop import LoopSettings, RLLoop
     from rlvr_jax.training.rollout_batch import RolloutSettings
     from rlvr_jax.training.state import create_train_state
@@ -215,10 +235,7 @@ def train(config, workdir: pathlib.Path) -> dict:
         recompute_old_logp=config.actor.recompute_old_logp, dynamic_sampling=config.algorithm.dynamic_sampling,
         max_sampling_rounds=config.algorithm.max_sampling_rounds,
         on_nonfinite=config.trainer.on_nonfinite, fuse_old_logp=upd_cfg.fuse_old_logp)
-    logprob_fn = lambda p, arrays: compute_logprobs(  # noqa: E731
-        p, cfg, arrays, temperature=config.rollout.temperature, micro_batch_size=config.actor.micro_batch_size,
-        chunk=config.actor.logprob_chunk, sharder=sharder,
-        max_tokens_per_micro_batch=config.actor.max_tokens_per_micro_batch if config.actor.packing else None)["logp"]
+    logprob_fn = build_logprob_fn(config, cfg, sharder)
     run_info = RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
                        entity=config.trainer.wandb_entity)
     writer = MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers), run=run_info)
