@@ -349,7 +349,7 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
 
 
 # Per-sequence batch arrays a packed micro-batch gathers into its slots (padded response layout).
-_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp")
+_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp", "rollout_logp")
 
 
 def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
