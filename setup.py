@@ -25,7 +25,8 @@ setup(
     name="rlvr_jax",
     version="0.1.0",
     description="1-shot RLVR (GRPO / PPO with verifiable rewards) for LLMs in JAX/Flax",
-    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    # `configs` too: `from configs import tiny` works in a notebook after `pip install -e .`.
+    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*", "configs"]),
     package_data={"rlvr_jax.data.builtin": ["*.jsonl"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

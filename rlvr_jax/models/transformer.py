@@ -4,7 +4,7 @@ Params mirror HF names (`layers/self_attn/q_proj/kernel`) so loading is a table;
 stacked along a leading `layers` axis and the stack is run with `lax.scan`, so compile time does not
 grow with depth. Kernels are stored `[in, out]` (transposed from torch's `[out, in]`).
 
-One function, `decode`, serves training (no cache), the reference model and sampling (with a KV cache).
+One function, `decoder_stack`, serves training (no cache), the reference model and sampling (with a KV cache).
 Attention masks are built from *slots* (index in the padded sequence) and a key-validity mask; RoPE
 uses separate *positions* (`cumsum(mask) - 1`), so left-padded prompts behave like unpadded ones.
 """
@@ -223,7 +223,7 @@ _REMAT_POLICIES = {
 }
 
 
-def decode(
+def decoder_stack(
     params: dict,
     cfg: ModelConfig,
     tokens_bt: jax.Array,
@@ -289,7 +289,7 @@ def logits_from_hidden(params: dict, cfg: ModelConfig, h_btd: jax.Array) -> jax.
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
 def _forward(params, cfg, input_ids, attention_mask, sharder=None):
-    h, _ = decode(params, cfg, input_ids, positions_from_mask(attention_mask), attention_mask, sharder=sharder)
+    h, _ = decoder_stack(params, cfg, input_ids, positions_from_mask(attention_mask), attention_mask, sharder=sharder)
     return logits_from_hidden(params, cfg, h)
 
 

@@ -87,7 +87,7 @@ def _rollout(params, cache, prompt_ids_mp, prompt_mask_mp, active_b, row_ids_b, 
 
 
 def _prefill(params, cfg, cache, prompt_ids_mp, prompt_mask_mp, n, sharder):
-    """Runs each prompt once (`transformer.decode`); copies its keys/values into its `n` sample rows.
+    """Runs each prompt once (`transformer.decoder_stack`); copies its keys/values into its `n` sample rows.
 
     Returns the first-token logits `[m * n, v]` (only the last prompt position goes through the
     lm_head) and the cache with slots `[0, p)` filled.
@@ -95,7 +95,7 @@ def _prefill(params, cfg, cache, prompt_ids_mp, prompt_mask_mp, n, sharder):
     m, p = prompt_ids_mp.shape
     ids = shd.constrain(sharder, prompt_ids_mp, (L.ACT_BATCH, L.ACT_LENGTH))
     prompt_cache = tfm.init_cache(cfg, m, p, dtype=cache[0]["k"].dtype)
-    h_mpd, prompt_cache = tfm.decode(params, cfg, ids, tfm.positions_from_mask(prompt_mask_mp), prompt_mask_mp,
+    h_mpd, prompt_cache = tfm.decoder_stack(params, cfg, ids, tfm.positions_from_mask(prompt_mask_mp), prompt_mask_mp,
                                      cache=prompt_cache, cache_index=0, sharder=sharder)
     logits_mv = tfm.logits_from_hidden(params, cfg, h_mpd[:, -1])  # left padding: last slot is real
     return jnp.repeat(logits_mv, n, axis=0), dstep.fill_prefix(cache, prompt_cache, n, sharder)

@@ -1,4 +1,4 @@
-"""PPO critic: a separate transformer backbone with a scalar value head.
+"""PPO critic: a separate transformer backbone with a scalar value head, and its step (`CriticRunner`).
 
 Choice: the critic is its *own* copy of the backbone (initialised from the policy or reference
 weights) plus a `[d, 1]` value head, trained by its own optimizer, as verl does. A value head on
@@ -6,7 +6,7 @@ the policy's backbone would be cheaper (one forward pass) but lets value-loss gr
 policy and ties both to one learning rate (verl uses 1e-6 for the actor, 1e-5 for the critic).
 
 Critic params are the model params without `lm_head`, plus `value_head: {kernel [d, 1], bias [1]}`;
-`transformer.decode` reads only the backbone keys, so the critic reuses the model code unchanged.
+`transformer.decoder_stack` reads only the backbone keys, so the critic reuses the model code unchanged.
 
 The value of response token `t` is read at the hidden state that predicts it (slot `P + t - 1`),
 the state *before* the token is emitted (verl's `values[:, -R-1:-1]`).
@@ -15,12 +15,15 @@ the state *before* the token is emitted (verl's `values[:, -R-1:-1]`).
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import value_loss
+from rlvr_jax.algorithms import gae_advantages, outcome_rewards_to_tokens, value_loss
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import logprobs as lp
@@ -121,3 +124,35 @@ def make_critic_loss_fn(cfg: ModelConfig, cliprange_value: float, agg: str, max_
         return loss, dict(metrics, vf_loss=jax.lax.stop_gradient(loss))
 
     return loss_fn
+
+
+class CriticRunner:
+    """PPO's critic: values of the rollout, GAE advantages and the clipped value-loss update.
+
+    Args:
+      state: critic `TrainState`. values_fn: `(critic_params, arrays) -> [N, R] values`.
+      update_fn: critic `update(state, batch) -> (state, metrics)`.
+      gamma, lam: GAE settings. warmup_steps: steps that train the critic only.
+    """
+
+    def __init__(self, state, values_fn, update_fn, *, gamma: float = 1.0, lam: float = 1.0, warmup_steps: int = 0):
+        self.state, self.values_fn, self.update_fn = state, values_fn, update_fn
+        self.gamma, self.lam, self.warmup_steps = gamma, lam, warmup_steps
+
+    def update(self, step: int, rewards: np.ndarray, values, arrays: dict,
+               put: Callable = lambda tree: tree) -> tuple[np.ndarray, dict]:
+        """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages.
+
+        Args:
+          arrays: the rollout's host (numpy) arrays. put: places the critic batch on the mesh
+            (`RLLoop._put`); GAE itself runs on host copies, identical on every process.
+        """
+        mask = arrays["response_mask"]
+        values = distributed.to_host(values)
+        token_rewards = outcome_rewards_to_tokens(rewards, mask)
+        advantages, returns = gae_advantages(token_rewards, values, mask, gamma=self.gamma, lam=self.lam)
+        advantages, returns = np.asarray(advantages), np.asarray(returns)
+        batch = put({**arrays, "old_values": values, "returns": returns})
+        self.state, metrics = self.update_fn(self.state, batch)
+        metrics = {f"critic/{k}": v for k, v in distributed.to_host(metrics).items()}
+        return advantages, metrics

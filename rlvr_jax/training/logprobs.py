@@ -73,7 +73,7 @@ def response_hidden(params, cfg: ModelConfig, input_ids_bt, attention_mask_bt, r
         raise ValueError(f"need at least one prompt slot: sequence {t}, response {response_len}")
     mask = attention_mask_bt.astype(jnp.int32)
     positions = transformer.positions_from_mask(mask)
-    h_btd, _ = transformer.decode(params, cfg, input_ids_bt.astype(jnp.int32), positions, mask, sharder=sharder)
+    h_btd, _ = transformer.decoder_stack(params, cfg, input_ids_bt.astype(jnp.int32), positions, mask, sharder=sharder)
     return h_btd[:, prompt_len - 1 : t - 1]
 
 
