@@ -27,6 +27,7 @@ from rlvr_jax.algorithms import gae_advantages, outcome_rewards_to_tokens, value
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import logprobs as lp
+from rlvr_jax.training.rows import map_micro_batches
 
 VALUE_HEAD = "value_head"
 CRITIC_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_values", "returns")
@@ -76,7 +77,7 @@ def _values_program(cfg, batch_size, micro_batch_size, sharder):
     def run(critic_params, input_ids, attention_mask, response_mask):
         r = response_mask.shape[1]
         micro = lambda ids, attn: response_values(critic_params, cfg, ids, attn, r, sharder=sharder)  # noqa: E731
-        values = lp.map_micro_batches(micro, (input_ids, attention_mask), micro_batch_size, sharder)
+        values = map_micro_batches(micro, (input_ids, attention_mask), micro_batch_size, sharder)
         return jnp.where(response_mask > 0, values, 0.0)
 
     if sharder is None:
