@@ -32,4 +32,11 @@ def get_config(arg=None):
     c.trainer.eval_every = 20
     c.trainer.eval_before_train = True
     c.eval.benchmarks = ("math500",)
+    # Paper fidelity (docs/paper_fidelity.md): rollouts stop at the model's EOS only, as vLLM does in
+    # the paper's verl run (<|endoftext|> for base Qwen2.5-Math); validation in training scores
+    # like its DeepScaleR reward (a box is required); reported evaluations use the Qwen2.5-Math
+    # suite's protocol (qwen_math_cot prompt, <|im_end|> / <|endoftext|> stops, grader="paper").
+    c.rollout.stop = "eos"
+    c.eval.require_box = True
+    c.eval.stop = "eos+chat"
     return common.apply_recipe_variant(c, arg)

@@ -18,4 +18,12 @@ def get_config(arg=None):
     # Its chat template has no system turn; the instruction stays in the user message (the parquet's).
     c.data.system_prompt = ""
     c.rollout.sub_batch_size = 128
+    # Evaluation as the paper's R1-Distill results (its README; rllm / DeepScaleR protocol): the
+    # suite's "deepseek-distill" prompt (<think> opened), temperature 0.6, top-p 0.95, avg@16, 8k
+    # tokens, for every benchmark (the README's AIME / AMC columns are avg@64: --config.eval.n=64).
+    c.eval.template = "deepseek_distill"
+    c.eval.greedy = False
+    c.eval.temperature = 0.6
+    c.eval.top_p = 0.95
+    c.eval.n = 16
     return c

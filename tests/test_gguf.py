@@ -61,7 +61,8 @@ def _tiny_model(arch, vocab_size, tie, seed=0):
     return model.float().eval()
 
 
-def _write_gguf(path, model, arch, pre, qtype=gguf.GGMLQuantizationType.F32, add_bos=False):
+def _write_gguf(path, model, arch, pre, qtype=gguf.GGMLQuantizationType.F32, add_bos=False, encode=None):
+    """Writes `model` as a GGUF; `encode(gguf_name, arr) -> (data, raw_dtype)` overrides 2-D tensors' encoding."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -93,7 +94,10 @@ def _write_gguf(path, model, arch, pre, qtype=gguf.GGMLQuantizationType.F32, add
             arr = _llamacpp_permute(arr, c.num_attention_heads)
         elif arch == "llama" and gname.endswith("attn_k.weight"):
             arr = _llamacpp_permute(arr, c.num_key_value_heads)
-        if arr.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+        if arr.ndim == 2 and encode is not None:
+            data, raw_dtype = encode(gname, arr)
+            w.add_tensor(gname, data, raw_dtype=raw_dtype)
+        elif arr.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
             w.add_tensor(gname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(gname, arr)

@@ -1,11 +1,17 @@
-"""Tests for RewardPool: order, per-answer timeouts, worker replacement, memory cap.
+"""Tests for RewardPool: order, per-answer timeouts, worker replacement, memory cap, any caller.
 
-The scoring functions below are module-level so that spawned workers can unpickle them (spawn
-passes the parent's sys.path, which holds this directory under pytest).
+The scoring functions below are module-level so that workers can import them by name (the pool
+hands the workers the parent's sys.path, which holds the repository root under pytest).
 """
 
+import dataclasses
 import json
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 
 import numpy as np
@@ -21,9 +27,16 @@ def _toy_score(response: str, ground_truth: str) -> float:
     if response == "crash":
         os._exit(3)  # pylint: disable=protected-access
     if response == "hog":
-        blocks = [bytearray(2**28) for _ in range(64)]  # 16 GiB: beyond the cap
-        return float(len(blocks))
+        block = bytearray(2**30)  # 1 GiB: twice the cap; without the cap it succeeds and scores 1
+        return float(len(block) == 2**30)
     return 1.0 if response == ground_truth else 0.0
+
+
+def _dies_on_start(response: str, ground_truth: str) -> float:
+    """A scorer that kills its worker during warm-up, after saying why on stderr."""
+    sys.stderr.write("toy scorer: no verifier in this worker\n")
+    sys.stderr.flush()
+    os._exit(7)  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +95,104 @@ def test_crashed_worker_scores_zero_and_is_replaced(toy_pool):
     assert toy_pool.stats.worker_deaths == deaths + 1
 
 
+def _wait_until_all_ready(pool, limit_s=120.0):
+    deadline = time.monotonic() + limit_s
+    while not all(w.ready for w in pool._workers):  # pylint: disable=protected-access
+        assert time.monotonic() < deadline, "workers never became ready"
+        pool.score(["a"], ["a"])  # the pool reads ready signals while it scores
+
+
 def test_worker_killed_while_idle_is_replaced(toy_pool):
+    _wait_until_all_ready(toy_pool)  # a worker killed before it is ready is a start failure instead
+    deaths, restarts = toy_pool.stats.worker_deaths, toy_pool.stats.restarts
     victim = toy_pool._workers[0].process  # pylint: disable=protected-access
     victim.kill()
-    victim.join()
+    victim.wait()
     np.testing.assert_array_equal(toy_pool.score(["a", "b", "c"], ["a", "b", "x"]), [1, 1, 0])
+    assert toy_pool.stats.worker_deaths == deaths + 1
+    assert toy_pool.stats.restarts == restarts + 1
 
 
 def test_memory_cap_turns_blowup_into_zero(toy_pool):
+    before = dataclasses.replace(toy_pool.stats)
     scores = toy_pool.score(["hog", "a"], ["hog", "a"])
     np.testing.assert_array_equal(scores, [0, 1])
+    # The cause is the cap (a MemoryError in the worker), not a timeout or a dead worker.
+    assert toy_pool.stats.memory_errors == before.memory_errors + 1
+    assert toy_pool.stats.timeouts == before.timeouts
+    assert toy_pool.stats.worker_deaths == before.worker_deaths
+    assert toy_pool.stats.restarts == before.restarts
+
+
+def test_workers_that_cannot_start_raise_with_their_stderr():
+    pool = RewardPool(num_workers=1, timeout_s=1.0, score_fn=_dies_on_start)
+    try:
+        with pytest.raises(RuntimeError) as info:
+            pool.score(["a"], ["a"])
+    finally:
+        pool.close()
+    message = str(info.value)
+    assert "failed to start 3x" in message and "exit code 7" in message
+    assert "toy scorer: no verifier in this worker" in message
+    assert pool.stats.start_failures == 3 and pool.stats.restarts == 2
+
+
+def test_score_fn_from_main_is_rejected():
+    def local(response, ground_truth):
+        return 0.0
+
+    local.__module__ = "__main__"
+    with pytest.raises(ValueError, match="__main__"):
+        RewardPool(score_fn=local)
+    with pytest.raises(ValueError, match="top-level"):
+        RewardPool(score_fn=lambda r, g: 0.0)
+
+
+# A plain script: no `if __name__ == "__main__":` guard, the pool created at module level.
+_UNGUARDED_SCRIPT = textwrap.dedent("""
+    from rlvr_jax.rewards import RewardPool
+    print("main module ran")
+    pool = RewardPool(2, 5.0)
+    print(pool.score([r"\\boxed{4}", "the answer is 5", r"\\boxed{\\frac{1}{2}}"], ["4", "4", "0.5"]).tolist())
+    pool.close()
+""")
+
+
+def _run_script(args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300,
+                          check=False, **kwargs)
+
+
+@pytest.mark.parametrize("fed_on_stdin", [False, True], ids=["script_file", "stdin"])
+def test_unguarded_script_scores(tmp_path, fed_on_stdin):
+    if fed_on_stdin:  # python - < script
+        proc = _run_script(["-"], input=_UNGUARDED_SCRIPT, cwd=tmp_path)
+    else:
+        script = tmp_path / "score.py"
+        script.write_text(_UNGUARDED_SCRIPT)
+        proc = _run_script([str(script)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # The main module ran once: no worker imported it.
+    assert proc.stdout.splitlines() == ["main module ran", "[1.0, 0.0, 1.0]"], proc.stdout
+
+
+def test_pool_from_a_non_main_thread():
+    results = {}
+
+    def work():
+        try:
+            with RewardPool(num_workers=2, timeout_s=2.0, score_fn=_toy_score) as pool:
+                results["scores"] = pool.score(["a", "b", "hang"], ["a", "x", "hang"]).tolist()
+                results["timeouts"] = pool.stats.timeouts
+        except Exception as e:  # pylint: disable=broad-except
+            results["error"] = repr(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "error" not in results, results
+    assert results == {"scores": [1.0, 0.0, 0.0], "timeouts": 1}
 
 
 def test_empty_and_mismatched_batches(toy_pool):
@@ -100,6 +201,8 @@ def test_empty_and_mismatched_batches(toy_pool):
         toy_pool.score(["a"], [])
 
 
-def test_rejects_fork_start_method():
+def test_rejects_bad_sizes():
     with pytest.raises(ValueError):
-        RewardPool(start_method="fork")
+        RewardPool(num_workers=0)
+    with pytest.raises(ValueError):
+        RewardPool(timeout_s=0)

@@ -76,10 +76,14 @@ POLICY_CASES = {
     "intervals_sets": [
         (r"\boxed{(-\infty, 3]}", r"(-\infty,3]", True),
         (r"\boxed{(-\infty, 3)}", r"(-\infty,3]", False),
-        (r"\boxed{x<3}", r"(-\infty,3)", True),
+        # A reference written as a set asks for the set: an inequality does not match it (the
+        # other direction does; see docs/rewards.md and Math-Verify's default).
+        (r"\boxed{x<3}", r"(-\infty,3)", False),
+        (r"\boxed{x \in (-\infty,3)}", r"x<3", True),
         (r"\boxed{(-\infty,1) \cup (1, \infty)}", r"(1,\infty)\cup(-\infty,1)", True),
         (r"\boxed{\mathbb{R}}", r"(-\infty,\infty)", True),
-        (r"\boxed{1 \le x < 3}", "[1,3)", True),
+        (r"\boxed{1 \le x < 3}", "[1,3)", False),
+        (r"\boxed{[1,3)}", r"1 \le x < 3", True),
         (r"\boxed{\{1, 2, 3\}}", r"\{3,2,1\}", True),
         (r"\boxed{\{1, 2\}}", r"\{1,2,3\}", False),
         (r"\boxed{\pm 3}", "3, -3", True),
@@ -202,9 +206,8 @@ def test_public_cases_accuracy(shared_dir):
         for i, c in enumerate(cases)
         if (compute_score(c["pred"], c["gold"]) == 1.0) != c["equal"]
     ]
-    accuracy = 1 - len(failures) / len(cases)
-    assert accuracy >= 0.97, failures
-    assert not [f for f in failures if f[1] in ("hang", "injection", "garbage", "reward_hacking")]
+    assert len(cases) == 133
+    assert failures == []
 
 
 @pytest.mark.parametrize(

@@ -66,16 +66,27 @@ def test_greedy_matches_transformers_tiny(tmp_path, qwen, prompts, kind, tie):
     assert res.finish_reason == ["length"] * len(prompts)
 
 
-def test_greedy_matches_transformers_smollm2(smollm2_dir):
+def test_greedy_matches_transformers_smollm2_with_eos(smollm2_dir):
+    # Chat prompts of different lengths, EOS on, 2 decode slots for 3 prompts: rows finish at different
+    # steps and the third prompt is admitted into a freed slot mid-run.
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
-    texts = ["The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.",
-             "Question: what is 12 times 7? Answer:"]
-    prompts = [tok(t)["input_ids"] for t in texts]
+    questions = ["What is 2+2? Reply with the number only.", "Name a colour.",
+                 "Say hello in French: one word, and nothing else at all, please. Thank you very much!"]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+               for q in questions]
+    prompts = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in prompts]
     assert len({len(p) for p in prompts}) == 3
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
     cfg, params = models.load_hf(smollm2_dir)
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
-    res = sampling.generate(params, cfg, prompts, max_new_tokens=16, greedy=True, progress=False)
-    np.testing.assert_array_equal(np.array(res.tokens), _hf_greedy(torch_model, prompts, 16))
+    res = sampling.generate(params, cfg, prompts, max_new_tokens=24, greedy=True, stop_token_ids=[eos],
+                            sub_batch_size=2, progress=False)
+    hf = _hf_greedy(torch_model, prompts, 24, eos=eos)
+    for r, row in enumerate(hf.tolist()):
+        want = row[:row.index(eos) + 1] if eos in row else row
+        assert res.tokens[r] == want
+        assert res.finish_reason[r] == ("stop" if eos in row else "length")
+    assert "stop" in res.finish_reason, "test is vacuous: no row reached EOS"
 
 
 def test_greedy_cache_equals_recomputation(qwen, prompts):
@@ -174,11 +185,11 @@ def test_n_samples_are_prompt_major(qwen, prompts):
 
 
 @pytest.mark.parametrize("greedy", [True, False])
-def test_sub_batching_matches_one_batch(qwen, prompts, greedy):
+def test_slot_count_does_not_change_samples(qwen, prompts, greedy):
     _, cfg, params = qwen
     kw = dict(max_new_tokens=T, greedy=greedy, n=2, seed=4, temperature=0.9)
     whole = sampling.generate(params, cfg, prompts, progress=False, **kw)
-    # Sub-batches of 3 + 1 prompts (the last one in a smaller row bucket); the bar runs from the loop.
+    # 6 -> 4 decode slots for 8 samples: four are admitted when the first ones finish; the bar runs.
     parts = sampling.generate(params, cfg, prompts, sub_batch_size=6, progress=greedy, **kw)
     assert parts.tokens == whole.tokens and parts.finish_reason == whole.finish_reason
     np.testing.assert_allclose(parts.logprob_array, whole.logprob_array, atol=1e-5)
@@ -240,5 +251,5 @@ def test_sub_batch_memory_arithmetic(monkeypatch):
             return {"bytes_limit": 80e9, "bytes_in_use": 25e9}
 
     monkeypatch.setattr(jax, "local_devices", lambda: [FakeDevice()])
-    rows = sampling_api._auto_sub_batch(cfg, [[1] * 200] * 128, 8, 3072, "bfloat16", 16, None)
-    assert rows == 256  # 0.85 * 55 GB - 3.1 GB of bf16 weights -> 44 GB -> 256 rows (a power of two)
+    slots = sampling_api._auto_slots(cfg, [[1] * 200] * 128, 8, 3072, "bfloat16", 16, None)
+    assert slots == 256  # 0.85 * 55 GB - 3.1 GB of bf16 weights -> 44 GB -> 256 slots (a power of two)

@@ -1,5 +1,7 @@
-"""End-to-end: launch/train.py and `experiment.train` on the tiny config; resume exactness; config errors;
-recipe values."""
+"""End-to-end: launch/train.py and `experiment.train` on the tiny config; config errors; recipe values.
+
+Interruption and resume are in test_resume.py; config variants and the dry run in test_train_variants.py.
+"""
 
 import json
 import os
@@ -78,21 +80,6 @@ def _tiny(**overrides):
             node = node[p]
         node[leaf] = value
     return c
-
-
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    train = experiment.train
-    straight = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "a")
-    train(_tiny(**{"trainer.total_steps": 2, "trainer.save_every": 2}), tmp_path / "b")
-    resumed = train(_tiny(**{"trainer.total_steps": 4, "trainer.save_every": 2}), tmp_path / "b")
-    assert [h["step"] for h in resumed["history"]] == [3, 4]
-    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        for key in ("reward/mean", "actor/loss", "actor/entropy", "actor/kl", "actor/grad_norm",
-                    "response/length_mean"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
-    assert straight["last"]["actor/entropy"] == pytest.approx(resumed["last"]["actor/entropy"], rel=1e-6)
 
 
 def test_host_devices_flag_only_where_it_applies():

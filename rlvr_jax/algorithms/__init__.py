@@ -10,6 +10,7 @@ from rlvr_jax.algorithms.advantages import (
     masked_whiten,
     outcome_rewards_to_tokens,
     register_advantage_estimator,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
 )
 from rlvr_jax.algorithms.losses import (
@@ -25,8 +26,11 @@ from rlvr_jax.algorithms.losses import (
     get_policy_loss,
     kl_penalty,
     policy_loss,
+    register_policy_loss,
     value_loss,
 )
+from rlvr_jax.algorithms.policy_losses import cispo_loss, gspo_loss
+from rlvr_jax.algorithms.shaping import kl_in_reward, overlong_penalty, truncated_is_weights
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -39,17 +43,24 @@ __all__ = [
     "actor_loss",
     "aggregate",
     "aggregation_denominator",
+    "cispo_loss",
     "drgrpo_advantages",
     "entropy_from_logits",
     "gae_advantages",
     "get_advantage_estimator",
     "get_policy_loss",
     "grpo_advantages",
+    "gspo_loss",
+    "kl_in_reward",
     "kl_penalty",
     "masked_whiten",
     "outcome_rewards_to_tokens",
+    "overlong_penalty",
     "policy_loss",
     "register_advantage_estimator",
+    "register_policy_loss",
+    "reinforce_pp_baseline_advantages",
     "rloo_advantages",
+    "truncated_is_weights",
     "value_loss",
 ]

@@ -154,6 +154,38 @@ def rloo_advantages(rewards, group_ids) -> jax.Array:
     return jnp.where(count_b > 1, rewards_b - others_mean_b, 0.0)
 
 
+@register_advantage_estimator("reinforce_pp_baseline")
+def reinforce_pp_baseline_advantages(
+    rewards, group_ids, *, token_counts=None, eps: float = 1e-8
+) -> jax.Array:
+    """REINFORCE++ with baseline (Hu et al., arXiv 2501.03262): group-mean baseline, then global whitening.
+
+    ``A'_i = r_i - mean_{group(i)} r`` (a group of one keeps ``r_i``: REINFORCE++ without a
+    baseline), then ``A_i = (A'_i - mean_batch A') / sqrt(var_batch A' + eps)``. The paper
+    normalises the advantage of every token of the batch (its eq. for ``A^norm_{q,o_t}``); with one
+    outcome advantage per sequence that is a whitening weighted by each sequence's token count,
+    which ``token_counts`` gives (the unbiased variance over tokens, as verl's ``masked_whiten``).
+    Without it, every sequence weighs the same.
+
+    Args:
+        rewards: [B] scores.
+        group_ids: [B] integer group ids.
+        token_counts: [B] response lengths in tokens (weights of the batch statistics), or None.
+        eps: added to the variance.
+
+    Returns:
+        [B] float32 advantages; all 0 when the batch holds no token.
+    """
+    rewards_b = jnp.asarray(rewards, jnp.float32)
+    count_b, sum_b, _ = _group_stats(rewards_b, group_ids)
+    centered_b = rewards_b - jnp.where(count_b > 1, sum_b / count_b, 0.0)
+    w_b = jnp.ones_like(rewards_b) if token_counts is None else jnp.asarray(token_counts, jnp.float32)
+    total = jnp.sum(w_b)
+    mean = jnp.sum(w_b * centered_b) / jnp.maximum(total, 1.0)
+    var = jnp.sum(w_b * (centered_b - mean) ** 2) / jnp.maximum(total - 1.0, 1.0)
+    return jnp.where(total > 0, (centered_b - mean) * jax.lax.rsqrt(var + eps), 0.0)
+
+
 def outcome_rewards_to_tokens(scores_b, mask_bt) -> jax.Array:
     """Places each sequence's outcome score on its last valid response token.
 

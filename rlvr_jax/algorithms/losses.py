@@ -210,6 +210,57 @@ def _token_mean(x_bt, m_bt):
 # Policy and value losses.
 
 
+def policy_inputs(logp, old_logp, advantages, mask):
+    """Shared preparation of a policy loss's inputs, padding made harmless.
+
+    Args:
+        logp: [B, T] current-policy log-probs (differentiated).
+        old_logp: [B, T] rollout-policy log-probs.
+        advantages: [B] per-sequence or [B, T] per-token advantages.
+        mask: [B, T] 0/1 response mask.
+
+    Returns:
+        (m_bt, valid_bt, adv_bt, logp_bt, log_ratio_bt): float mask, bool mask, [B, T] advantages
+        (0 on padding), log-probs and ``logp - old_logp`` with padding zeroed (it may hold -inf,
+        whose exp or gradient would poison the loss).
+    """
+    m_bt = jnp.asarray(mask, jnp.float32)
+    valid_bt = m_bt > 0
+    adv = jnp.asarray(advantages, jnp.float32)
+    adv_bt = jnp.where(valid_bt, jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, m_bt.shape), 0.0)
+    logp_bt = jnp.where(valid_bt, jnp.asarray(logp, jnp.float32), 0.0)
+    old_bt = jnp.where(valid_bt, jnp.asarray(old_logp, jnp.float32), 0.0)
+    return m_bt, valid_bt, adv_bt, logp_bt, logp_bt - old_bt
+
+
+def apply_is_weights(loss_bt, is_weights, valid_bt):
+    """Multiplies per-token losses by importance weights (constants: no gradient flows into them).
+
+    Args:
+        loss_bt: [B, T] per-token losses.
+        is_weights: [B, T] weights or None (no reweighting).
+        valid_bt: [B, T] bool mask; padding weights are ignored.
+
+    Returns:
+        [B, T] reweighted losses.
+    """
+    if is_weights is None:
+        return loss_bt
+    w_bt = jax.lax.stop_gradient(jnp.where(valid_bt, jnp.asarray(is_weights, jnp.float32), 0.0))
+    return loss_bt * w_bt
+
+
+def ratio_metrics(ratio_bt, log_ratio_bt, m_bt, valid_bt) -> dict[str, jax.Array]:
+    """Ratio statistics every policy loss logs (no gradient)."""
+    return {
+        "approx_kl": _token_mean(-log_ratio_bt, m_bt),
+        "ratio_mean": _token_mean(ratio_bt, m_bt),
+        "ratio_min": _masked_extreme(ratio_bt, valid_bt, jnp.min, jnp.inf),
+        "ratio_max": _masked_extreme(ratio_bt, valid_bt, jnp.max, -jnp.inf),
+        "num_tokens": jnp.sum(m_bt),
+    }
+
+
 def policy_loss(
     logp,
     old_logp,
@@ -220,6 +271,7 @@ def policy_loss(
     clip_high: float = 0.2,
     clip_c: float | None = None,
     agg: str = "token-mean",
+    is_weights=None,
     max_len: int | None = None,
     denom=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -228,7 +280,8 @@ def policy_loss(
     ``ratio = exp(logp - old_logp)``;
     ``l = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))``; with ``clip_c``,
     ``l = min(l, -A clip_c)`` where ``A < 0`` (caps the loss of a negative-advantage token whose
-    ratio exploded). Where the clipped term wins, the gradient is exactly zero.
+    ratio exploded). Where the clipped term wins, the gradient is exactly zero. With
+    ``is_weights`` each token's ``l`` is multiplied by its (constant) weight before aggregation.
 
     Args:
         logp: [B, T] current-policy log-probs of the sampled tokens (differentiated).
@@ -239,6 +292,7 @@ def policy_loss(
         clip_high: upper clip range epsilon.
         clip_c: dual-clip constant (> 1), or None.
         agg: aggregation mode (a key of ``AGG_MODES``).
+        is_weights: [B, T] per-token importance weights (e.g. truncated IS), or None.
         max_len: static max response length for ``seq-mean-token-sum-norm``.
         denom: global normaliser for micro-batch accumulation (see ``aggregate``).
 
@@ -250,15 +304,7 @@ def policy_loss(
     """
     if clip_c is not None and not clip_c > 1.0:
         raise ValueError(f"dual-clip constant clip_c must be > 1, got {clip_c}")
-    m_bt = jnp.asarray(mask, jnp.float32)
-    valid_bt = m_bt > 0
-    adv = jnp.asarray(advantages, jnp.float32)
-    adv_bt = jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, m_bt.shape)
-    adv_bt = jnp.where(valid_bt, adv_bt, 0.0)
-    # Padding may hold -inf log-probs; zero the log-ratio there so exp and its gradient stay finite.
-    log_ratio_bt = jnp.where(
-        valid_bt, jnp.asarray(logp, jnp.float32) - jnp.asarray(old_logp, jnp.float32), 0.0
-    )
+    m_bt, valid_bt, adv_bt, _, log_ratio_bt = policy_inputs(logp, old_logp, advantages, mask)
     ratio_bt = jnp.exp(jnp.clip(log_ratio_bt, -20.0, 20.0))  # as verl: no overflow on wild ratios
 
     unclipped_bt = -adv_bt * ratio_bt
@@ -272,15 +318,12 @@ def policy_loss(
         dual_bt = (adv_bt < 0) & (loss_bt > cap_bt)
         loss_bt = jnp.where(dual_bt, jax.lax.stop_gradient(cap_bt), loss_bt)
 
+    loss_bt = apply_is_weights(loss_bt, is_weights, valid_bt)
     loss = aggregate(loss_bt, m_bt, agg, max_len, denom=denom)
     metrics = {
         "clipfrac": _token_mean(is_clipped_bt, m_bt),
         "clipfrac_lower": _token_mean(dual_bt, m_bt),
-        "approx_kl": _token_mean(-log_ratio_bt, m_bt),
-        "ratio_mean": _token_mean(ratio_bt, m_bt),
-        "ratio_min": _masked_extreme(ratio_bt, valid_bt, jnp.min, jnp.inf),
-        "ratio_max": _masked_extreme(ratio_bt, valid_bt, jnp.max, -jnp.inf),
-        "num_tokens": jnp.sum(m_bt),
+        **ratio_metrics(ratio_bt, log_ratio_bt, m_bt, valid_bt),
     }
     return loss, metrics
 
@@ -338,7 +381,22 @@ def value_loss(
     return loss, metrics
 
 
-POLICY_LOSSES: dict[str, Callable] = {"vanilla": policy_loss}  # verl's loss_mode name
+# Policy losses by name (verl's ``loss_mode`` names). Each has the signature of ``policy_loss``:
+# ``fn(logp, old_logp, advantages, mask, *, clip_low, clip_high, agg, is_weights=None, clip_c=None,
+# max_len=None, denom=None) -> (loss, metrics)``. GSPO and CISPO register in ``policy_losses.py``.
+POLICY_LOSSES: dict[str, Callable] = {"vanilla": policy_loss}
+
+
+def register_policy_loss(name: str) -> Callable:
+    """Decorator that registers a policy loss under ``name`` (the ``actor.policy_loss`` word)."""
+
+    def decorator(fn: Callable) -> Callable:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorator
 
 
 def get_policy_loss(name: str) -> Callable:
@@ -387,6 +445,8 @@ class ActorLossConfig:
             )
         if self.clip_c is not None and not self.clip_c > 1.0:
             raise ValueError(f"dual-clip constant clip_c must be > 1, got {self.clip_c}")
+        if self.clip_c is not None and self.policy_loss != "vanilla":
+            raise ValueError(f"the dual clip (clip_c) belongs to the vanilla PPO loss, not {self.policy_loss!r}")
 
 
 def actor_loss(
@@ -398,6 +458,7 @@ def actor_loss(
     *,
     entropy=None,
     ref_logp=None,
+    is_weights=None,
     denom=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``pg_loss - entropy_coeff * agg(entropy) + kl_coef * agg(kl)``, one aggregation mode for all.
@@ -410,6 +471,7 @@ def actor_loss(
         config: the objective's settings.
         entropy: [B, T] per-token entropy (``entropy_from_logits``), or None to skip the term.
         ref_logp: [B, T] reference log-probs; required when ``config.kl_coef`` > 0.
+        is_weights: [B, T] importance weights of the policy loss (truncated IS), or None.
         denom: global normaliser for micro-batch accumulation; shared by all three terms
             because they use the same mask and mode.
 
@@ -422,7 +484,7 @@ def actor_loss(
     agg_kw = dict(mode=config.agg, max_len=config.max_len, denom=denom)
     pg_loss, metrics = get_policy_loss(config.policy_loss)(
         logp, old_logp, advantages, mask, clip_low=config.clip_low, clip_high=config.clip_high,
-        clip_c=config.clip_c, agg=config.agg, max_len=config.max_len, denom=denom,
+        clip_c=config.clip_c, agg=config.agg, is_weights=is_weights, max_len=config.max_len, denom=denom,
     )
     loss = pg_loss
     metrics = dict(metrics, pg_loss=jax.lax.stop_gradient(pg_loss))

@@ -141,6 +141,20 @@ class PromptIterator:
                             np.arange(self._batch_size, dtype=np.int32), step, epoch)
         return batch.shard(*self._shard)
 
+    def resample(self, step: int, round_index: int) -> PromptBatch:
+        """Extra prompts for ``step`` (DAPO dynamic sampling's round ``round_index`` >= 1).
+
+        A batch drawn without replacement by an rng seeded with (seed, step, round): a pure function
+        of its arguments, so a resumed run draws the same prompts and the data position is untouched.
+        """
+        if round_index < 1:
+            raise ValueError(f"round_index must be >= 1 (round 0 is batch_at), got {round_index}")
+        rng = np.random.default_rng([self._seed, step, round_index, 0x0DA90])
+        rows = rng.choice(len(self._examples), size=self._batch_size, replace=False)
+        batch = PromptBatch(tuple(self._examples[i] for i in rows),
+                            np.arange(self._batch_size, dtype=np.int32), step, step // self.steps_per_epoch)
+        return batch.shard(*self._shard)
+
     def __iter__(self) -> Iterator[PromptBatch]:
         return self
 

@@ -3,6 +3,10 @@
 * ``qwen_math_cot`` -- the paper's evaluation prompt (the Qwen2.5-Math evaluation suite's
   ``qwen25-math-cot``): a fixed ChatML string, so evaluation does not depend on which tokenizer
   files happen to ship a chat template.
+* ``llama`` -- the evaluation suite's ``llama`` prompt for Llama-3.2-3B-Instruct (a fixed Llama-3
+  header with the suite's own dates, no instruction text), as the paper's evaluation fork used it.
+* ``deepseek_distill`` -- the suite's ``deepseek-distill`` prompt for DeepSeek-R1-Distill models:
+  the user turn, then the assistant turn opened with ``<think>\n``.
 * ``chat_template`` -- the tokenizer's own ``apply_chat_template`` (Llama-3 instruct, and training:
   the paper's verl run applies the chat template to the parquet's user message, which adds the
   tokenizer's default system message).
@@ -73,6 +77,34 @@ def _qwen_math_cot(example: Example, tokenizer: Any, system: str | None) -> str:
     return (f"<|im_start|>system\n{system}<|im_end|>\n"
             f"<|im_start|>user\n{example.question}<|im_end|>\n"
             "<|im_start|>assistant\n")
+
+
+# The suite's `llama` prompt, character for character (including the space before the first
+# <|eot_id|> and its "Today Date"); the question is the problem text alone.
+LLAMA_EVAL_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 17 Apr 2025\n\n"
+    " <|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+# The suite's `deepseek-distill` prompt (full-width bars and the U+2581 block in the specials).
+DEEPSEEK_DISTILL_PROMPT = (
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c><\uff5cUser\uff5c>{question}"
+    "<\uff5cAssistant\uff5c><think>\n")
+
+
+def _fixed(name: str, text: str) -> TemplateFn:
+    def render(example: Example, tokenizer: Any, system: str | None) -> str:
+        del tokenizer  # a fixed string, as the suite renders it
+        if system is not None:
+            raise ValueError(f"prompt template {name!r} is a fixed string and takes no system "
+                             "message (set the system prompt to empty)")
+        return text.format(question=example.question)
+
+    return render
+
+
+register_template("llama")(_fixed("llama", LLAMA_EVAL_PROMPT))
+register_template("deepseek_distill")(_fixed("deepseek_distill", DEEPSEEK_DISTILL_PROMPT))
 
 
 @register_template("chat_template")

@@ -7,6 +7,7 @@ stop tokens as Qwen work.
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 BYTE_TOKENIZER = "builtin:bytes"
@@ -51,15 +52,51 @@ def load_tokenizer(path: str | pathlib.Path):
     return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
-def stop_token_ids(tokenizer) -> tuple[int, ...]:
-    """Token ids that end a response: EOS plus the chat specials that mark the end of a turn."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
-    for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>"):
-        if special in vocab:
-            ids.add(int(vocab[special]))
+# Which tokens end a response (`config.rollout.stop`, `EvalSettings.stop`):
+#   "eos"       the model's end-of-sequence ids only: the tokenizer's eos plus generation_config.json's
+#               eos_token_id, which is what vLLM stops at by default (the paper's verl rollouts). For
+#               base Qwen2.5-Math that is `<|endoftext|>` alone: an `<|im_end|>` it writes is trained on
+#               like any other token and generation runs on to `<|endoftext|>`.
+#   "eos+chat"  also the chat specials that close a turn (`<|im_end|>`, `<|eot_id|>`, ...), as the
+#               Qwen2.5-Math evaluation suite stops (its stop words and stop_token_ids [151645, 151643]).
+STOP_MODES = ("eos", "eos+chat")
+_CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+def stop_token_ids(tokenizer, mode: str = "eos+chat",
+                   model_dir: str | pathlib.Path | None = None) -> tuple[int, ...]:
+    """Token ids that end a response (see `STOP_MODES`); the stop token is kept in the response and
+    in its loss mask, as verl's response mask runs to and includes the EOS.
+
+    Args:
+      tokenizer: A transformers tokenizer.
+      mode: "eos" (the model's EOS ids only) or "eos+chat" (plus chat end-of-turn tokens).
+      model_dir: The model's HF directory, whose generation_config.json eos ids count as EOS
+        (None: look next to the tokenizer, `tokenizer.name_or_path`).
+
+    Raises:
+      ValueError: unknown mode, or "eos" with no EOS id anywhere (a run would never stop early).
+    """
+    if mode not in STOP_MODES:
+        raise ValueError(f"unknown stop mode {mode!r}; known: {', '.join(STOP_MODES)}")
+    ids = set(model_eos_ids(tokenizer, model_dir))
+    if mode == "eos+chat":
+        vocab = tokenizer.get_vocab()
+        ids.update(int(vocab[t]) for t in _CHAT_END_TOKENS if t in vocab)
+    if not ids:
+        raise ValueError("the tokenizer and generation_config.json name no EOS token; "
+                         "set rollout.stop='eos+chat' or give the tokenizer an eos_token")
+    return tuple(sorted(ids))
+
+
+def model_eos_ids(tokenizer, model_dir: str | pathlib.Path | None = None) -> tuple[int, ...]:
+    """The tokenizer's eos id plus the eos_token_id (an int or a list) of generation_config.json."""
+    ids = set() if tokenizer.eos_token_id is None else {int(tokenizer.eos_token_id)}
+    folder = model_dir if model_dir is not None else getattr(tokenizer, "name_or_path", "")
+    path = pathlib.Path(folder or ".") / "generation_config.json"
+    if folder and path.is_file():
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+        ids.update(int(e) for e in (eos if isinstance(eos, list) else [] if eos is None else [eos]))
     return tuple(sorted(ids))
 
 

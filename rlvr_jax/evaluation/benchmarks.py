@@ -5,7 +5,8 @@ The registry holds the paper's six (Qwen2.5-Math evaluation suite layout,
 3072 new tokens, greedy decoding for MATH500 / Minerva-Math / OlympiadBench, and temperature 0.6,
 top-p 1, avg@8 for AIME24 / AIME25 / AMC23 (their 30-40 problems make greedy scores too noisy).
 
-The data directory is always passed in (a config setting); nothing here points at a fixed path.
+The six sets ship with the package (``rlvr_jax/evaluation/data``, see its README for provenance
+and licence); a ``data_dir`` passed in replaces them, e.g. for a newer copy of the suite.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Benchmark:
 
 _BENCHMARKS: dict[str, Benchmark] = {}
 
+# The paper's six sets as package data (``<name>/test.jsonl``): used when no data_dir is given.
+PACKAGED_DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
     """Adds a benchmark to the registry (name clash is an error)."""
@@ -108,8 +112,8 @@ def load_benchmark(name_or_path: str | os.PathLike | Benchmark,
       name_or_path: A registered name (``math500``, ...), a `Benchmark`, or a dataset file with
         problem/question + answer fields.
       data_dir: Directory that relative benchmark paths are resolved against (the evaluation
-        suite's ``data/`` folder). Required for registered benchmarks; without it a file path
-        is read as given.
+        suite's ``data/`` folder). None or "": registered benchmarks come from the package's own
+        copy (`PACKAGED_DATA_DIR`) and a file path is read as given.
       limit: Keep only the first ``limit`` problems (quick checks).
 
     Returns:
@@ -118,12 +122,11 @@ def load_benchmark(name_or_path: str | os.PathLike | Benchmark,
     benchmark = get_benchmark(name_or_path)
     path = pathlib.Path(benchmark.path)
     if not path.is_absolute():
-        if data_dir is not None:
+        if data_dir:
             path = pathlib.Path(data_dir) / path
         elif _BENCHMARKS.get(benchmark.name) is benchmark:
-            # Registered paths are relative to the data directory, never to the working one.
-            raise ValueError(f"benchmark {benchmark.name!r}: pass data_dir= (the directory "
-                             f"holding {benchmark.path})")
+            # Registered paths are relative to a data directory, never to the working one.
+            path = PACKAGED_DATA_DIR / path
     return load_dataset(path, question_key=benchmark.question_key,
                         answer_key=benchmark.answer_key,
                         answer_from_solution=benchmark.answer_from_solution,

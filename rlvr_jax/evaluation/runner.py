@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 
 from rlvr_jax.data import Example, build_prompt, tokenize_prompts
-from rlvr_jax.data.tokenizers import stop_token_ids
+from rlvr_jax.data.tokenizers import STOP_MODES, stop_token_ids
 from rlvr_jax.evaluation.benchmarks import (PAPER_BENCHMARKS, Benchmark, benchmark_names,
                                             get_benchmark, load_benchmark)
 from rlvr_jax.evaluation.metrics import (avg_at_k, benchmark_average, majority_answer,
@@ -63,7 +63,13 @@ class EvalSettings:
       max_new_tokens: Response-length cap.
       greedy: True decodes every benchmark greedily (n = 1); False samples every benchmark
         (greedy ones at temperature 0.6, n = 8); None keeps each benchmark's protocol.
-      n: Responses per problem for sampled benchmarks.
+      n: Responses per problem for sampled benchmarks (avg@n, any n >= 1).
+      temperature: Samples every benchmark at this temperature, greedy ones included (with n, or
+        8, responses), unless ``greedy=True``. None: each benchmark's own (0.6 for greedy ones
+        that ``greedy=False`` samples).
+      top_p: Nucleus threshold of every sampled benchmark (None: the benchmark's own, 1).
+      stop: Which tokens end a response: "eos+chat" (the model's EOS and chat end-of-turn tokens,
+        as the Qwen2.5-Math evaluation suite stops) or "eos" (see `rlvr_jax.data.tokenizers`).
       template: Prompt template name (`rlvr_jax.data.prompts`).
       system: System message (None: the template's default).
       limit: Evaluate only the first ``limit`` problems of each benchmark.
@@ -77,6 +83,9 @@ class EvalSettings:
     max_new_tokens: int | None = None
     greedy: bool | None = None
     n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str = "eos+chat"
     template: str | None = None
     system: str | None = None
     limit: int | None = None
@@ -93,6 +102,13 @@ class EvalSettings:
                 raise ValueError(f"EvalSettings.{name} must be >= 1 or None, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"EvalSettings.batch_size must be >= 1, got {self.batch_size}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"EvalSettings.temperature must be > 0 or None (greedy=True decodes "
+                             f"greedily), got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"EvalSettings.top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.stop not in STOP_MODES:
+            raise ValueError(f"EvalSettings.stop must be one of {STOP_MODES}, got {self.stop!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +125,15 @@ def resolve_protocol(benchmark: Benchmark, settings: EvalSettings) -> Benchmark:
     changes: dict[str, Any] = {}
     if settings.greedy is True:
         changes.update(temperature=0.0, n=1)
-    elif settings.greedy is False and benchmark.greedy:
+    elif (settings.greedy is False or settings.temperature is not None) and benchmark.greedy:
         changes.update(temperature=SAMPLED_TEMPERATURE, n=SAMPLED_N)
-    if settings.n is not None and changes.get("temperature", benchmark.temperature) > 0:
+    sampled = changes.get("temperature", benchmark.temperature) > 0
+    if settings.n is not None and sampled:
         changes["n"] = settings.n  # A greedy benchmark keeps n = 1: more would repeat one answer.
+    if settings.temperature is not None and sampled:
+        changes["temperature"] = settings.temperature
+    if settings.top_p is not None and sampled:
+        changes["top_p"] = settings.top_p
     if settings.max_new_tokens is not None:
         changes["max_new_tokens"] = settings.max_new_tokens
     if settings.template is not None:
@@ -170,18 +191,21 @@ class Evaluator:
       settings: Protocol overrides and batching.
       generate_fn: The sampler, ``rlvr_jax.sampling.generate`` by default (tests inject fakes).
       sharder: Mesh + rules passed on to the sampler.
+      extra_scorers: Further graders of the same responses, by name (e.g. ``{"paper": ...}``);
+        each adds ``grader/<name>`` (its headline score) to a benchmark's results.
     """
 
     def __init__(self, tokenizer: Any, benchmarks: Sequence[str | os.PathLike | Benchmark], *,
                  data_dir: str | os.PathLike | None, scorer: Scorer,
                  settings: EvalSettings = EvalSettings(), generate_fn: GenerateFn | None = None,
-                 sharder: Any = None):
+                 sharder: Any = None, extra_scorers: Mapping[str, Scorer] | None = None):
         if generate_fn is None:
             from rlvr_jax.sampling import generate as generate_fn  # Heavy: imported on use.
         self.tokenizer, self.scorer, self.settings = tokenizer, scorer, settings
+        self.extra_scorers = dict(extra_scorers or {})
         self.generate_fn, self.sharder = generate_fn, sharder
         self.tasks = prepare_benchmarks(tokenizer, benchmarks, data_dir=data_dir, settings=settings)
-        self.stop_ids = tuple(stop_token_ids(tokenizer))
+        self.stop_ids = tuple(stop_token_ids(tokenizer, settings.stop))
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.seconds: dict[str, float] = {}
 
@@ -212,7 +236,7 @@ class Evaluator:
 
     def _run_one(self, params, cfg, task: PreparedBenchmark) -> tuple[dict, list[SampleRecord]]:
         b, size = task.benchmark, self.settings.batch_size
-        responses, lengths, truncated, scores = [], [], [], []
+        responses, lengths, truncated, scores, golds_all = [], [], [], [], []
         with tqdm.tqdm(total=len(task.examples), desc=b.name, unit="problem",
                        disable=not self.settings.progress, dynamic_ncols=True) as bar:
             for start in range(0, len(task.examples), size):
@@ -224,6 +248,7 @@ class Evaluator:
                     raise ValueError(f"scorer returned {batch_scores.shape[0]} scores for "
                                      f"{len(texts)} responses")
                 responses += texts
+                golds_all += golds
                 scores.append(batch_scores)
                 lengths += [len(tokens) for tokens in out.tokens]
                 truncated += [reason == "length" for reason in out.finish_reason]
@@ -236,6 +261,9 @@ class Evaluator:
         metrics.update(truncated=float(np.mean(truncated)),
                        mean_tokens=int(round(np.mean(lengths))), num_problems=len(task.examples),
                        n=b.n, decoding=describe_decoding(b))
+        for name, extra in self.extra_scorers.items():
+            extra_scores = np.asarray(extra(responses, golds_all), np.float64).reshape(-1)
+            metrics[f"grader/{name}"] = avg_at_k(extra_scores.reshape(correct.shape) > 0.5)
         return metrics, _records(b, task.examples, responses, extracted, correct)
 
     def _generate(self, params, cfg, b: Benchmark, prompt_ids, start: int):
@@ -401,7 +429,8 @@ def write_outputs(out_dir: str | os.PathLike, results: Results, records: Records
 def make_validation_fn(tokenizer: Any, benchmarks: Sequence[str | os.PathLike | Benchmark], *,
                        data_dir: str | os.PathLike | None, scorer: Scorer,
                        settings: EvalSettings, cfg: Any, generate_fn: GenerateFn | None = None,
-                       sharder: Any = None, out_dir: str | os.PathLike | None = None
+                       sharder: Any = None, out_dir: str | os.PathLike | None = None,
+                       require_box: bool | None = None
                        ) -> Callable[[Any, int], dict[str, float]]:
     """The trainer's periodic validation: ``fn(params, step) -> {"eval/<set>/accuracy": ...}``.
 
@@ -411,6 +440,9 @@ def make_validation_fn(tokenizer: Any, benchmarks: Sequence[str | os.PathLike | 
       tokenizer, benchmarks, data_dir, scorer, settings, generate_fn, sharder: As for `Evaluator`.
       cfg: The policy's `ModelConfig` (fixed for a run).
       out_dir: If given, each call also writes ``<out_dir>/step_<step>/<set>.jsonl`` samples.
+      require_box: Whether `scorer` requires a boxed answer (as the training reward does); when
+        given, each call reports it as ``eval/require_box`` (1.0 / 0.0), so a logged accuracy
+        says which scoring produced it.
 
     Returns:
       The validation function; its values are floats (see `validation_metrics`).
@@ -424,6 +456,9 @@ def make_validation_fn(tokenizer: Any, benchmarks: Sequence[str | os.PathLike | 
             for name, rows in records.items():
                 write_samples(pathlib.Path(out_dir) / f"step_{int(step):06d}" / f"{name}.jsonl",
                               rows)
-        return validation_metrics(results)
+        metrics = validation_metrics(results)
+        if require_box is not None:
+            metrics["eval/require_box"] = float(require_box)
+        return metrics
 
     return validate

@@ -54,7 +54,14 @@ def memory_plan(config) -> dict:
     cache_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
     plan["kv cache (one rollout sub-batch)"] = (
         2 * cfg.num_layers * math.ceil(sub / batch_shards) * length * cfg.num_kv_heads * cfg.head_dim * cache_item)
-    micro = math.ceil(config.actor.micro_batch_size / batch_shards)
+    # Rows x row length of one micro-batch on one device: padded rows of the full length, or packed rows
+    # of the token budget (the plan's worst case: the longest possible sequence sets the row length).
+    if config.actor.packing:
+        from rlvr_jax.training.packing import row_layout
+
+        length, micro = row_layout(length, config.actor.max_tokens_per_micro_batch, 1)
+    else:
+        micro = math.ceil(config.actor.micro_batch_size / batch_shards)
     act_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
     # With per-layer remat only each layer's input is saved; one layer's internals are live at a time.
     saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
@@ -83,7 +90,8 @@ def print_memory_plan(config) -> dict:
     print(f"mesh: {out['mesh']} over {out['devices']} device(s)")
     print(f"step: {config.trainer.batch_size} prompts x n={config.rollout.n}, prompt <= {config.data.max_prompt_len}, "
           f"response <= {config.rollout.max_new_tokens}, rollout sub-batch {config.rollout.sub_batch_size or 'all'}, "
-          f"micro-batch {config.actor.micro_batch_size}")
+          + (f"packed micro-batches of {config.actor.max_tokens_per_micro_batch} tokens per device"
+             if config.actor.packing else f"micro-batch {config.actor.micro_batch_size}"))
     print(f"{'piece':<42}{'GB / device':>12}")
     for name, value in out["bytes_per_device"].items():
         print(f"{name:<42}{value / GB:>12.2f}")

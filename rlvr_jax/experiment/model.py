@@ -40,7 +40,7 @@ MODEL_SOURCES: dict[str, Callable[[Any], str | None]] = {
 # not on this machine (longest prefix wins).
 RECIPE_PRESETS = {"qwen15b": "qwen2.5-math-1.5b", "qwen7b": "qwen2.5-math-7b",
                   "r1_distill_qwen15b": "deepseek-r1-distill-qwen-1.5b", "llama32_3b": "llama-3.2-3b-instruct",
-                  "smollm2": "smollm2-135m"}
+                  "smollm2": "smollm2-135m", "qwen3_1p7b": "qwen3-1.7b"}
 
 
 def model_dir(config) -> str | None:

@@ -30,9 +30,11 @@ from rlvr_jax.experiment.settings import Settings, rollout_settings, settings_fr
 from rlvr_jax.experiment.validation import validate
 from rlvr_jax.models import ModelConfig, param_logical_axes
 from rlvr_jax.rewards import RewardPool
+from rlvr_jax.rewards.registry import build_reward
 from rlvr_jax.sampling import generate
 from rlvr_jax.training import critic as critic_lib
 from rlvr_jax.training.checkpoint import Checkpointer
+from rlvr_jax.training.loggers import RunInfo
 from rlvr_jax.training.logprobs import compute_logprobs
 from rlvr_jax.training.rl_loop import Placement, RLLoop, RunOutputs, StepFns
 from rlvr_jax.training.state import TrainState, create_train_state
@@ -56,6 +58,7 @@ class Run:
     prompts: PromptIterator
     outputs: RunOutputs  # Checkpointer, writers; validation is added by `loop`.
     start_step: int = 0
+    host_state: dict = dataclasses.field(default_factory=dict)  # The restored checkpoint's host state.
 
     @property
     def is_main(self) -> bool:
@@ -66,11 +69,12 @@ class Run:
         cfg, config, sharder = self.model_cfg, self.config, self.sharder
         logprobs = lambda p, arrays: compute_logprobs(  # noqa: E731
             p, cfg, arrays, temperature=config.rollout.temperature,
-            micro_batch_size=config.actor.micro_batch_size, chunk=config.actor.logprob_chunk,
-            sharder=sharder)["logp"]
+            micro_batch_size=config.actor.micro_batch_size, chunk=config.actor.logprob_chunk, sharder=sharder,
+            max_tokens_per_micro_batch=self.settings.update.max_tokens_per_micro_batch)["logp"]
+        score = functools.partial(pool.score, require_box=config.reward.require_box)
         fns = StepFns(generate=functools.partial(generate, sharder=sharder), logprobs=logprobs,
                       update=make_update_fn(cfg, self.settings.update, self.settings.optimizer, sharder),
-                      score=functools.partial(pool.score, require_box=config.reward.require_box))
+                      score=score, reward=self._reward(score))
         outputs = dataclasses.replace(self.outputs, validate=self._validation_fn(pool))
         placement = Placement(sharder, jax.process_index(), jax.process_count())
         # The rollout progress bar is reported from inside the decode program, so it must be on for
@@ -81,6 +85,15 @@ class Run:
                       prompts=self.prompts, settings=self.settings.loop, rollout=rollout, fns=fns,
                       outputs=outputs, placement=placement, critic=self.critic)
 
+    def _reward(self, score):
+        """The training reward `config.reward.name` (rewards.registry), with DAPO's overlong shaping if asked."""
+        config = self.config
+        options = config.reward.hapo.to_dict() if config.reward.name == "hapo" else {}
+        reward = build_reward(config.reward.name, score_fn=score, overlong_cache_len=config.reward.overlong_cache_len,
+                              max_len=config.rollout.max_new_tokens, **options)
+        reward.restore(self.host_state.get("reward", {}))  # HAPO's history: a resumed run rewards as the original
+        return reward
+
     def _validation_fn(self, pool: RewardPool):
         config = self.config
         if not (config.trainer.eval_every or config.trainer.eval_before_train) or not list(config.eval.benchmarks):
@@ -90,9 +103,12 @@ class Run:
         pi = jax.process_index()
         heldout = self.workdir / ("heldout" if pi == 0 else f"heldout_process{pi}")
         benchmarks = resolve_benchmarks(config.eval.benchmarks, heldout, exclude=training_examples(config))
-        return make_validation_fn(self.tokenizer, benchmarks, data_dir=config.eval.data_dir, scorer=pool.score,
+        # Validation scores as config.eval.require_box says (True: like the training reward) and logs it.
+        return make_validation_fn(self.tokenizer, benchmarks, data_dir=config.eval.data_dir,
+                                  scorer=functools.partial(pool.score, require_box=config.eval.require_box),
                                   settings=self.settings.eval, cfg=self.model_cfg, sharder=self.sharder,
-                                  out_dir=self.workdir / "eval_samples" if pi == 0 else None)
+                                  out_dir=self.workdir / "eval_samples" if pi == 0 else None,
+                                  require_box=config.eval.require_box)
 
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the writers."""
@@ -121,7 +137,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
     cfg, params = model_lib.build_model(config, sharder)
     state = create_train_state(params, settings.optimizer, sharder, logical_axes=param_logical_axes(cfg),
                                seed=config.seed)
-    ref_params = model_lib.cast_params(params, config.model.ref_dtype) if config.actor.use_kl_loss else None
+    need_ref = config.actor.use_kl_loss or config.algorithm.reward_kl_coef > 0
+    ref_params = model_lib.cast_params(params, config.model.ref_dtype) if need_ref else None
     del params
     critic = (_build_critic(config, settings, cfg, state.params, sharder)
               if config.algorithm.name in VALUE_BASED_ESTIMATORS else None)
@@ -130,7 +147,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
     outputs = RunOutputs(
         checkpointer=Checkpointer(workdir / "checkpoints", save_every=config.trainer.save_every,
                                   keep=config.trainer.keep, async_save=config.trainer.async_checkpoint),
-        writer=MetricsWriter(workdir, enabled=is_main),
+        writer=MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers),
+                             run=RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
+                                         entity=config.trainer.wandb_entity)),
         console=ConsoleLog(config.trainer.total_steps, enabled=is_main))
     run = Run(config, workdir, settings, sharder, model_lib.build_tokenizer(config), cfg, state, ref_params,
               critic, prompts, outputs)
@@ -149,7 +168,8 @@ def _build_critic(config, settings: Settings, cfg: ModelConfig, params, sharder)
         p, cfg, arrays, micro_batch_size=config.actor.micro_batch_size, sharder=sharder)
     update_fn = make_critic_update_fn(cfg, settings.update, settings.critic.optimizer, sharder)
     return critic_lib.CriticRunner(state, values_fn, update_fn, gamma=settings.critic.gamma,
-                                   lam=settings.critic.lam, warmup_steps=settings.critic.warmup_steps)
+                                   lam=settings.critic.lam, warmup_steps=settings.critic.warmup_steps,
+                                   kl_coef=settings.critic.reward_kl_coef)
 
 
 def _restore(run: Run) -> None:
@@ -158,11 +178,11 @@ def _restore(run: Run) -> None:
     if checkpointer.latest_step() is None:
         return
     saved = run.state if run.critic is None else {"actor": run.state, "critic": run.critic.state}
-    restored, host, run.start_step = checkpointer.restore(saved)
+    restored, run.host_state, run.start_step = checkpointer.restore(saved)
     run.state = restored if run.critic is None else restored["actor"]
     if run.critic is not None:
         run.critic.state = restored["critic"]
-    run.prompts.restore(host["data"])
+    run.prompts.restore(run.host_state["data"])
     run.outputs.console.message(f"resumed from step {run.start_step} in {checkpointer.directory}")
     run.outputs.console.start_step = run.start_step
 

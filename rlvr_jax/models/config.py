@@ -1,4 +1,4 @@
-"""ModelConfig: the architecture hyper-parameters of a Qwen2 / Llama-3 decoder, read from HF config.json."""
+"""ModelConfig: the architecture hyper-parameters of a Qwen2 / Qwen3 / Llama-3 decoder, read from HF config.json."""
 
 from __future__ import annotations
 
@@ -7,9 +7,40 @@ import json
 import pathlib
 from typing import Any
 
-# model_type -> whether q/k/v projections carry a bias. Qwen2 always has them; Llama checkpoints with
-# `attention_bias` also put one on o_proj, which this model does not have, so they are rejected.
-SUPPORTED_MODEL_TYPES = {"qwen2": True, "llama": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchTraits:
+    """What a model_type fixes about the architecture, whatever its config.json says.
+
+    Attributes:
+      hf_class: the transformers class written into `architectures` on export.
+      attention_bias: q/k/v projections carry a bias (Qwen2 always; Llama and Qwen3 never: their
+        `attention_bias` flag would also put one on o_proj, which this model does not have).
+      qk_norm: RMSNorm over each head of q and k before RoPE (Qwen3).
+    """
+
+    hf_class: str
+    attention_bias: bool
+    qk_norm: bool
+
+
+SUPPORTED_MODEL_TYPES = {
+    "qwen2": ArchTraits("Qwen2ForCausalLM", attention_bias=True, qk_norm=False),
+    "qwen3": ArchTraits("Qwen3ForCausalLM", attention_bias=False, qk_norm=True),
+    "llama": ArchTraits("LlamaForCausalLM", attention_bias=False, qk_norm=False),
+}
+
+# Relatives of the supported types that this dense decoder cannot represent, with the reason.
+REFUSED_MODEL_TYPES = {
+    "qwen3_moe": "mixture-of-experts MLP layers (only dense SwiGLU MLPs are implemented)",
+    "qwen2_moe": "mixture-of-experts MLP layers (only dense SwiGLU MLPs are implemented)",
+    "mixtral": "mixture-of-experts MLP layers (only dense SwiGLU MLPs are implemented)",
+    "qwen3_next": "hybrid linear attention and mixture-of-experts layers",
+    "qwen2_vl": "a vision encoder and multimodal RoPE",
+    "qwen2_5_vl": "a vision encoder and multimodal RoPE",
+    "qwen3_vl": "a vision encoder and multimodal RoPE",
+}
 
 
 # Attention kernels: "xla" (einsum, any backend), "cudnn" (jax.nn.dot_product_attention, GPU).
@@ -46,6 +77,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2: True)
+    qk_norm: bool = False  # RMSNorm over each head of q and k, before RoPE (Qwen3: True)
     max_position_embeddings: int = 4096
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -80,19 +112,8 @@ class ModelConfig:
         (`rope_parameters`).
         """
         model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported model_type {model_type!r}; supported: {sorted(SUPPORTED_MODEL_TYPES)}"
-            )
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is implemented")
-        if model_type == "qwen2" and hf.get("use_sliding_window", False):
-            raise ValueError("Qwen2 sliding-window attention (use_sliding_window=true) is not supported")
-        if hf.get("mlp_bias", False):
-            raise ValueError("mlp_bias=true is not supported")
-        # HF Llama puts `attention_bias` on o_proj as well as q/k/v; our o_proj has no bias.
-        if model_type == "llama" and hf.get("attention_bias", False):
-            raise ValueError("Llama with attention_bias=true is not supported (o_proj would need a bias)")
+        _check_representable(hf)
+        traits = SUPPORTED_MODEL_TYPES[model_type]
         num_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
         rope = dict(hf.get("rope_parameters") or {})
@@ -127,8 +148,10 @@ class ModelConfig:
             rope_scaling=rope_scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            # Qwen2's q/k/v always carry a bias, whatever the config says; Llama's never (checked above).
-            attention_bias=SUPPORTED_MODEL_TYPES[model_type],
+            # Qwen2's q/k/v always carry a bias, whatever the config says; Llama's and Qwen3's never
+            # (a true `attention_bias` is refused above).
+            attention_bias=traits.attention_bias,
+            qk_norm=traits.qk_norm,
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
@@ -149,10 +172,13 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF `config.json` contents (transformers<5 layout, which v5 also reads)."""
-        if self.model_type == "llama" and self.attention_bias:
-            raise ValueError("cannot export Llama with attention_bias=True: HF Llama would expect an o_proj bias")
+        traits = SUPPORTED_MODEL_TYPES[self.model_type]
+        if (self.attention_bias, self.qk_norm) != (traits.attention_bias, traits.qk_norm):
+            raise ValueError(
+                f"cannot export {self.model_type} with attention_bias={self.attention_bias}, qk_norm={self.qk_norm}: "
+                f"HF {traits.hf_class} has attention_bias={traits.attention_bias}, qk_norm={traits.qk_norm}")
         hf = {
-            "architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
+            "architectures": [traits.hf_class],
             "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -177,6 +203,29 @@ class ModelConfig:
             hf["mlp_bias"] = False
         else:
             hf["use_sliding_window"] = False
+        if self.model_type == "qwen3":
+            hf["attention_bias"] = False
         if self.rope_scaling is not None:
             hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
         return hf
+
+
+def _check_representable(hf: dict[str, Any]) -> None:
+    """Raises ValueError naming the first feature of an HF config.json this decoder cannot represent."""
+    model_type = hf.get("model_type")
+    if model_type in REFUSED_MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {model_type!r}: it has {REFUSED_MODEL_TYPES[model_type]}; "
+                         f"supported: {sorted(SUPPORTED_MODEL_TYPES)}")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {sorted(SUPPORTED_MODEL_TYPES)}")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is implemented")
+    if model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window", False):
+        raise ValueError(f"{model_type} sliding-window attention (use_sliding_window=true) is not supported")
+    if any(t != "full_attention" for t in hf.get("layer_types") or ()):
+        raise ValueError(f"layer_types {sorted(set(hf['layer_types']))}: only full_attention layers are supported")
+    if hf.get("mlp_bias", False):
+        raise ValueError("mlp_bias=true is not supported")
+    # HF Llama and Qwen3 put `attention_bias` on o_proj as well as q/k/v; our o_proj has no bias.
+    if model_type in ("llama", "qwen3") and hf.get("attention_bias", False):
+        raise ValueError(f"{model_type} with attention_bias=true is not supported (o_proj would need a bias)")

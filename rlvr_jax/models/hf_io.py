@@ -59,6 +59,9 @@ def hf_name_table(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[str, bool]]:
         table[("layers", "self_attn", name, "kernel")] = (pre + f"self_attn.{name}.weight", True)
         if cfg.attention_bias and name != "o_proj":
             table[("layers", "self_attn", name, "bias")] = (pre + f"self_attn.{name}.bias", False)
+    if cfg.qk_norm:
+        for name in ("q_norm", "k_norm"):
+            table[("layers", "self_attn", name, "scale")] = (pre + f"self_attn.{name}.weight", False)
     for name in ("gate_proj", "up_proj", "down_proj"):
         table[("layers", "mlp", name, "kernel")] = (pre + f"mlp.{name}.weight", True)
     return table
@@ -176,7 +179,7 @@ def _read_shard(ckpt, pattern, transpose, stacked, full_shape, index, dtype):
 
 def load_hf(path, *, dtype: str = "float32", mesh=None, sharder: shd.Sharder | None = None,
             compute_dtype: str | None = None, **cfg_overrides):
-    """Loads an HF Qwen2 / Llama checkpoint directory.
+    """Loads an HF Qwen2 / Qwen3 / Llama checkpoint directory.
 
     Args:
       path: directory with `config.json` and `model.safetensors` (or a sharded index).

@@ -1,4 +1,4 @@
-"""Qwen2 / Llama-3 decoder as pure functions of a params pytree.
+"""Qwen2 / Qwen3 / Llama-3 decoder as pure functions of a params pytree.
 
 Params mirror HF names (`layers/self_attn/q_proj/kernel`) so loading is a table; per-layer params are
 stacked along a leading `layers` axis and the stack is run with `lax.scan`, so compile time does not
@@ -40,6 +40,9 @@ def param_shapes(cfg: ModelConfig) -> dict:
         attn["q_proj"]["bias"] = (l, qd)
         attn["k_proj"]["bias"] = (l, kd)
         attn["v_proj"]["bias"] = (l, kd)
+    if cfg.qk_norm:  # Qwen3: one scale per head_dim channel, shared by all heads of a layer.
+        attn["q_norm"] = {"scale": (l, cfg.head_dim)}
+        attn["k_norm"] = {"scale": (l, cfg.head_dim)}
     shapes = {
         "embed_tokens": {"embedding": (cfg.vocab_size, d)},
         "layers": {
@@ -72,6 +75,8 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
                 "k_proj": dict(kv_in),
                 "v_proj": dict(kv_in),
                 "o_proj": {"kernel": (L.LAYERS, L.HEADS, L.EMBED)},
+                "q_norm": {"scale": (L.LAYERS, L.NORM)},
+                "k_norm": {"scale": (L.LAYERS, L.NORM)},
             },
             "post_attention_layernorm": {"scale": (L.LAYERS, L.NORM)},
             "mlp": {
@@ -196,6 +201,9 @@ def _layer(cfg: ModelConfig, sharder, h_btd, lp, positions_bt, mask_bts, kv_l, c
     q = _dense(x, attn_p["q_proj"], dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = _dense(x, attn_p["k_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = _dense(x, attn_p["v_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # Qwen3 normalises each head before RoPE (so the cache holds normed keys).
+        q = rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps)
+        k = rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps)
     inv_freq = rope_inv_freq(cfg)
     q, k = apply_rope(q, positions_bt, inv_freq), apply_rope(k, positions_bt, inv_freq)
     new_kv = None
@@ -233,6 +241,7 @@ def decoder_stack(
     cache: dict | None = None,
     cache_index: jax.Array | int = 0,
     sharder: shd.Sharder | None = None,
+    attention_mask_bts: jax.Array | None = None,
 ) -> tuple[jax.Array, dict | None]:
     """Runs the decoder stack; returns final-normed hidden states and the updated cache.
 
@@ -246,6 +255,8 @@ def decoder_stack(
       cache: optional `init_cache` pytree; the `t` new keys/values are written at `cache_index`.
       cache_index: slot of the first token of `tokens_bt` in the cache.
       sharder: optional logical-axis sharder for activation constraints.
+      attention_mask_bts: optional `[b, t, s]` bool mask replacing the slot-causal one built from
+        `kv_mask_bs` (packed rows: `segment_attention_mask`).
 
     Returns:
       `(h_btd, new_cache)`: hidden states after the final norm (compute dtype) and the cache (or None).
@@ -260,6 +271,8 @@ def decoder_stack(
     q_slots = cache_index + jnp.arange(t)
     k_slots = jnp.arange(kv_mask_bs.shape[1])
     mask_bts = (k_slots[None, None, :] <= q_slots[None, :, None]) & kv_mask_bs[:, None, :].astype(bool)
+    if attention_mask_bts is not None:
+        mask_bts = attention_mask_bts
 
     def body(h, xs):
         lp, kv_l = xs
@@ -272,6 +285,35 @@ def decoder_stack(
     h = rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
     new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
     return h, new_cache
+
+
+def segment_attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
+    """Block-diagonal causal mask of packed rows: `[b, t, s]`, True where key `s <= t` is in query `t`'s segment.
+
+    Segment id 0 marks row padding: it attends nowhere and nothing attends to it. This dense mask is
+    the XLA path (cost `t^2` per row). Kernels that take segment ids directly (TPU splash attention's
+    `SegmentIds`, varlen flash attention on GPU) plug in at `decoder_stack_packed`, which holds the ids.
+    """
+    seg = segment_ids_bt.astype(jnp.int32)
+    t = seg.shape[1]
+    causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [t, s]
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    return same & causal[None]
+
+
+def decoder_stack_packed(
+    params: dict, cfg: ModelConfig, tokens_bt, positions_bt, segment_ids_bt, *, sharder=None
+) -> jax.Array:
+    """Final-normed hidden states `[b, t, d]` of packed rows (several sequences per row, no cache).
+
+    Args:
+      tokens_bt: `[b, t]` token ids, sequences laid end to end. positions_bt: `[b, t]` RoPE position
+        of each token within its own sequence. segment_ids_bt: `[b, t]` 1, 2, ... per sequence, 0 = padding.
+    """
+    mask_bts = segment_attention_mask(segment_ids_bt)
+    h, _ = decoder_stack(params, cfg, tokens_bt, positions_bt, segment_ids_bt > 0, sharder=sharder,
+                  attention_mask_bts=mask_bts)
+    return h
 
 
 def lm_head_kernel(params: dict, cfg: ModelConfig) -> jax.Array:

@@ -4,7 +4,9 @@ A comma, semicolon, "and" or "or" outside brackets separates items (thousands se
 already removed by the normaliser, so `2,3` is a pair and `1,234` one number). Lists compare as
 sets: every gold item must be matched and nothing extra may be given, so "5 or 7" is a hedge that
 fails against 7, and 1728 is a strict subset of "1331 and 1728". A list is compared in order
-against a tuple, and as a set against a `\{...\}` set or a `\pm` pair.
+against a tuple, and as a set against a `\{...\}` set or a `\pm` pair. When semicolons separate
+groups that each hold commas (`p=5,q=2; p=7,q=2`), the semicolon is the outer separator: each
+group is one solution tuple.
 """
 
 import dataclasses
@@ -18,6 +20,8 @@ from rlvr_jax.rewards.latex_scan import split_top_level
 
 MAX_ITEMS = 64
 _SEPARATORS = re.compile(r",|;|(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])")
+_SEMICOLON = re.compile(";")
+_COMMA = re.compile(",")
 _WORD_ITEM = re.compile(r"^[A-Za-z][A-Za-z '\-]*$")
 _MATH_WORDS = frozenset("sin cos tan cot sec csc log ln exp sqrt pi infty".split())
 _BASE_NUMBER = re.compile(r"^([0-9A-Za-z]+)_\{?(\d{1,2})\}?$")
@@ -36,6 +40,9 @@ class Item:
 @functools.lru_cache(maxsize=4096)  # a GRPO group shares one reference answer
 def parse_items(latex: str) -> tuple[Item, ...]:
     """Splits normalised LaTeX into items and parses each (unparseable items are "bad")."""
+    groups = _tuple_groups(latex)
+    if groups is not None:
+        return groups
     pieces = [p.strip() for p in split_top_level(latex, _SEPARATORS)]
     pieces = [p for p in pieces if p]
     if not pieces or len(pieces) > MAX_ITEMS:
@@ -49,6 +56,26 @@ def parse_items(latex: str) -> tuple[Item, ...]:
             items.extend(Item("math", x, item.decimal) for x in item.value.args)
         else:
             items.append(item)
+    return tuple(items)
+
+
+def _tuple_groups(latex: str) -> tuple[Item, ...] | None:
+    """`p=5,q=2; p=7,q=2`: semicolons separate solutions and commas the components of each, so
+    each group is one tuple (of the assigned values). None when the answer is not so written."""
+    groups = [g.strip() for g in split_top_level(latex, _SEMICOLON)]
+    groups = [g for g in groups if g]
+    if len(groups) < 2 or len(groups) > MAX_ITEMS:
+        return None
+    split = [[c.strip() for c in split_top_level(g, _COMMA)] for g in groups]
+    if not all(len(parts) > 1 for parts in split):
+        return None
+    items = []
+    for parts in split:
+        values = [_parse_item(c) for c in parts]
+        if any(v.kind != "math" for v in values):
+            return (Item("bad"),)
+        items.append(Item("math", sympy.Tuple(*(structures.assigned_value(v.value) for v in values)),
+                          any(v.decimal for v in values)))
     return tuple(items)
 
 

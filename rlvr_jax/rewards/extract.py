@@ -8,6 +8,8 @@ Policy, in order:
      generation) is no answer, even if an earlier box is complete. Boxes just before it that are
      joined to it by a plain conjunction ("\boxed{1} and \boxed{-2}") are part of the answer and
      come back as a comma list; a self-correction ("\boxed{5}, wait, \boxed{7}") is not a join.
+     Without `require_box`, an explicit "final answer is $X$" written after the last box
+     restates the answer and wins over it.
   3. Without a box: the answer after the last "final answer is" / "answer:" / "answer is"; else a
      response that is itself a bare answer (`3x + 4y = 0`, no prose); else the last math span
      (`$...$`, `\(...\)`, `\[...\]`), unless a plain number is written after it ("... so there are
@@ -39,12 +41,18 @@ _MATH_SPAN = re.compile(
 )
 _MATH_SPAN_START = re.compile(r"\s*(?:\$\$|\$|\\\(|\\\[)")
 # A number standing alone (not the `2` of `AZYUK2A`), with an optional /denominator or percent.
+# A number is read whole or not at all: `12.5kg` is never the `12` before its decimal point (the
+# lookaheads forbid stopping inside a longer number). Letters glued to it disqualify it (a product
+# or a name), unless they are a common unit (`12.5kg`, `3cm`), which is left off the answer.
+_GLUED_UNITS = "km|cm|mm|kg|mg|ml|ft|yd|mi|lb|oz|hr|min|s|m|g|h|l"
 _NUMBER = re.compile(
-    r"(?<![A-Za-z\d.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?(?![A-Za-z\d])"
-    r"(?:\s*(?:\\?%|percent))?"
+    r"(?<![A-Za-z\d.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?"
+    r"(?![\d,.]\d|(?!(?:%s)(?![A-Za-z\d]))[A-Za-z\d])"
+    r"(?:\s*(?:\\?%%|percent))?" % _GLUED_UNITS
 )
 _PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+# A command, or an environment delimiter whose name is not prose (`\begin{bmatrix}`).
+_LATEX_COMMAND = re.compile(r"\\(?:begin|end)\{[A-Za-z]+\*?\}|\\[A-Za-z]+")
 _BARE_ANSWER_MAX_CHARS = 200
 
 
@@ -64,10 +72,29 @@ def extract_answer(text: str | None, require_box: bool = False) -> str | None:
     if boxes is None:
         return None  # unterminated box
     if boxes:
+        if not require_box:
+            restated = _final_answer_after(text[boxes[-1][1] :])
+            if restated is not None:
+                return restated
         return _last_boxed_answer(text, boxes)
     if require_box:
         return None
     return _fallback(text)
+
+
+def _final_answer_after(rest: str) -> str | None:
+    """A "final answer is ..." statement after the last box supersedes it (the writer restated the
+    answer, often after a correction). Only an explicit final-answer phrase followed by math counts:
+    "... the answer is right, since 5 = 2+3" does not replace the box."""
+    matches = list(_PHRASES[0].finditer(rest))
+    if not matches:
+        return None
+    after = rest[matches[-1].end() :]
+    if _MATH_SPAN_START.match(after):
+        m = _MATH_SPAN.search(after)
+        return _span_content(m) if m is not None else None
+    sentence = re.split(r"\n|\.(?:\s|$)", after.strip(), maxsplit=1)[0].strip()
+    return sentence if sentence and _looks_like_math(sentence) else None
 
 
 def _strip_control(text: str) -> str | None:

@@ -24,8 +24,17 @@ logger = logging.getLogger(__name__)
 MAX_ANSWER_CHARS = 2000  # longer "answers" are compared verbatim only (normalising is quadratic)
 # A lone choice letter, as in `C`, `(C)`, `\text{(C)}`.
 _GOLD_CHOICE = re.compile(r"^\(?([A-J])\)?$")
-# A predicted letter, optionally followed by its value (AMC style `\textbf{(B) }12`).
-_PRED_CHOICE = re.compile(r"^\(?([A-Ja-j])\)?(?:[.:]\s*|\s+|$)(.*)$", re.DOTALL)
+# A predicted letter, optionally followed by its value (AMC style `\textbf{(B) }12`). Only a letter
+# marked as a label -- `(B)`, `B.`, `B:` -- may carry a value after it; a bare letter must stand
+# alone, or `D + 1`, `B = 3` and `A \cdot x` (expressions in a variable named like the choice) would
+# pass as the choice.
+_PRED_CHOICE = re.compile(
+    r"^(?:\(([A-Ja-j])\)\s*|([A-Ja-j])[.:]\s*|([A-Ja-j])$)(.*)$", re.DOTALL
+)
+# A label's value never starts with an operator or relation: `(B) = 3` is an equation in B.
+_CONTINUES_EXPRESSION = re.compile(
+    r"^(?:[-+*/^_=<>!|]|\\(?:cdot|times|div|le|ge|neq|pm|mp)(?![A-Za-z]))"
+)
 _SECOND_CHOICE = re.compile(r"(?<![A-Za-z\\])[A-J](?![A-Za-z])|(?<![A-Za-z])(?:or|and)(?![A-Za-z])|,")
 
 
@@ -91,6 +100,9 @@ def _is_equiv(pred: str, gold: str) -> bool:
 def _predicted_choice(p: Normalized) -> str | None:
     """The single letter a prediction picks, or None (no letter, or a hedge like `C or D`)."""
     m = _PRED_CHOICE.match(p.latex)
-    if m is None or _SECOND_CHOICE.search(m.group(2)):
+    if m is None:
         return None
-    return m.group(1).upper()
+    value = m.group(4).strip()
+    if _SECOND_CHOICE.search(value) or _CONTINUES_EXPRESSION.match(value):
+        return None
+    return next(g for g in m.groups()[:3] if g is not None).upper()

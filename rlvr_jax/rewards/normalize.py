@@ -44,6 +44,14 @@ _DEGREES = re.compile(
     r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|\\degree(?![A-Za-z])"
     r"|(?<=\d)\s*\\?(?:text|mbox)?\{?\s*degrees?\s*\}?(?![A-Za-z])"
 )
+# Inside a trigonometric function a degree mark is a unit conversion (`\cos 60^\circ` = 1/2), so the
+# marked value becomes radians there; elsewhere an answer in degrees is compared as a plain number.
+_TRIG = re.compile(
+    r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])|(?<![\\A-Za-z])(?:sin|cos|tan)(?=\s*[(\d])"
+)
+_MARKED_DEGREES = re.compile(
+    r"(\d+(?:\.\d+)?|[A-Za-z]|\{[^{}]*\})\s*(?:\^\s*\{?\s*\\circ\s*\}?|\\degree(?![A-Za-z]))"
+)
 _PERCENT = re.compile(
     r"\s*(?:\\%|%|\\(?:text|mbox|mathrm)\s*\{\s*(?:\\?%|percent(?:age)?s?)\s*\}"
     r"|(?<![A-Za-z])(?:percent(?:age)?s?|pct)(?![A-Za-z]))"
@@ -96,6 +104,25 @@ _PLAIN_SQRT = re.compile(r"(?<![A-Za-z])\\?sqrt\s*\(")
 _MIXED = re.compile(r"(?<![\w.^_}\\])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
 
 
+_TRAILING_BREAK = re.compile(r"(?:\s*\\+\s*)+$")
+# A system of equations written as a layout environment is the list of its rows: `\begin{cases}
+# x=1 \\ y=2 \end{cases}` is `x=1, y=2`. Alignment marks `&` carry no meaning there.
+_SYSTEM = re.compile(
+    r"\\begin\{(cases|aligned|align\*?|gathered|gather\*?|array)\}(?:\{[^{}]*\})?(.*?)\\end\{\1\}",
+    re.DOTALL,
+)
+
+
+def _system_as_list(s: str) -> str:
+    def rows(m: re.Match) -> str:
+        if m.group(1) == "array" and "=" not in m.group(2):
+            return m.group()  # an array of values is a matrix, not a system
+        parts = [r.replace("&", " ").strip() for r in re.split(r"\\\\", m.group(2))]
+        return ", ".join(p.rstrip(",;.") for p in parts if p.strip())
+
+    return _SYSTEM.sub(rows, s)
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalized:
     """An answer after normalisation.
@@ -115,6 +142,8 @@ def normalize(answer: str) -> Normalized:
     """Normalises an extracted answer (see the module docstring for what is rewritten)."""
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group()], answer)
     s = unwrap_commands(s, ("boxed", "fbox"))
+    s = _system_as_list(s)
+    s = _TRAILING_BREAK.sub("", s)  # `5\\` or `5\`: a line break left at the end of a box
     if "matrix" not in s and "array" not in s:
         s = _OVERESCAPED.sub(r"\\", s)  # `\\frac` from a doubly escaped string is `\frac`
     s = re.sub(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))", "", s)  # `16,\!386`: a comma pulled tight
@@ -122,6 +151,8 @@ def normalize(answer: str) -> Normalized:
     for pattern, repl in _COMMAND_ALIASES:
         s = pattern.sub(repl, s)
     s = _PERCENT.sub("", s)
+    if _TRIG.search(s):
+        s = _MARKED_DEGREES.sub(r"(\\frac{\\pi}{180}\\cdot {\1})", s)
     s = _DEGREES.sub("", s)
     s = _ORDINAL.sub("", s)
     s, unit = _split_unit(s.strip())
@@ -184,7 +215,8 @@ def _canonical_unit(words: str, power: str | None) -> str:
 
 def _join_thousands(s: str) -> str:
     """Drops thousands separators, only in valid 3-digit groups outside any bracket."""
-    s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)  # `14{,}916` is explicit thousands notation
+    # `14{,}916` / `14 {, }916` is explicit thousands notation (a comma with no spacing after it).
+    s = re.sub(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d{3}(?!\d))", "", s)
     depth = 0
     depth_at = []
     for c in s:

@@ -27,6 +27,8 @@ MAX_TREE_NODES = 4000
 MAX_DIGITS = 4000
 MAX_SYMBOLIC_EXPONENT = 100  # (x+y)^{1000} would make expand/simplify explode
 
+MAX_SIGN_RUN = 16
+_SIGN_RUN = re.compile(r"(?:[-+]\s*){%d,}" % (MAX_SIGN_RUN + 1))
 _NUMBER_TEXT = re.compile(r"^(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
 # Plain numbers and simple fractions skip the ANTLR parser (milliseconds per call when cold).
 _SIMPLE_NUMBER = re.compile(r"^(-?)\s*(\d+(?:\.\d+)?)$")
@@ -97,6 +99,10 @@ def parse_latex(latex: str):
     """
     if not latex or len(latex) > MAX_PARSE_CHARS:
         raise ParseError("empty or too long")
+    if _SIGN_RUN.search(latex):
+        # The grammar backtracks over each prefix sign (a run of 500 takes seconds); no answer
+        # writes more than a few in a row.
+        raise TooCostly("run of prefix signs")
     simple = _parse_simple(latex)
     if simple is not None:
         return simple

@@ -3,94 +3,57 @@
 Why processes and not threads: sympy holds the GIL, and a runaway comparison cannot be
 interrupted from another thread (Math-Verify's SIGALRM timeout only works on a main thread).
 Here each worker runs one answer at a time; the parent waits on the pipes with a deadline, and a
-worker that misses it is killed and replaced, its answer scoring 0. Workers are started with
-'spawn' (or 'forkserver'), never 'fork': the parent has JAX's threads running, and forking a
-threaded process can deadlock the child. Each worker caps its own address space
-(RLIMIT_AS), so a memory blow-up raises MemoryError in the worker instead of taking the host down.
+worker that misses it is killed and replaced, its answer scoring 0. Workers are separate Python
+processes running `rlvr_jax.rewards.pool_worker` (see there why not multiprocessing), so the pool
+works from any caller: a script without a `__main__` guard, stdin, a notebook, a thread. Each
+worker caps its own address space (RLIMIT_AS), so a memory blow-up raises MemoryError in the
+worker instead of taking the host down.
 """
 
 import collections
 import dataclasses
 import logging
-import multiprocessing
 import multiprocessing.connection
-import resource
-import signal
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
+from rlvr_jax.rewards import pool_worker
 from rlvr_jax.rewards.math import compute_score
 
 logger = logging.getLogger(__name__)
 
-_READY = "ready"
 _MAX_START_FAILURES = 3  # consecutive failed worker starts before the pool gives up
-# Parsed once by each new worker before it reports ready: the ANTLR parser builds its prediction
-# tables lazily, per process, and would otherwise spend the first batch (~2x slower) doing it.
-_WARMUP_ANSWERS = (
-    r"\frac{1}{2}", r"-\frac{\sqrt{3}}{2}", r"2\sqrt{5}", r"3\pi", r"x^2+2x+1", r"(1, 2)", r"[0, 1)",
-    r"(-\infty, 3] \cup (4, \infty)", r"\{1, 2, 3\}", r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}",
-    r"\begin{pmatrix} -1 \\ 2 \\ 0 \end{pmatrix}", r"y = 2x + 3", r"x \le 5", r"3 + 4i",
-    r"1.5 \times 10^{3}", r"\sin x + \cos x", r"\log_2 8", r"e^{2}", r"5!", r"\binom{5}{2}", r"|x - 1|",
-    r"\frac{x+1}{x-1}", r"2^{10}", r"\sqrt[3]{2}", r"a_1 + b", r"1 \pm \sqrt{2}", r"f(x) = x^2",
-    r"\frac{3\sqrt{2}}{4}", r"(2, -\frac{1}{3}, 5)", r"\tan^{-1} 2", r"x^3 - 3x + 1", r"-2 < x < 3",
-    r"\left( \frac{1}{2}, \frac{\sqrt{3}}{2} \right)", r"2x - 3y + z = 4", r"\cos 20^\circ",
-)
-
-
-def _address_space_bytes() -> int:
-    """Current virtual memory size of this process (Linux), 0 if unknown."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _worker_main(conn, score_fn: Callable[..., float], memory_mb: int | None) -> None:
-    """Worker loop: receives (index, response, ground_truth, kwargs), sends back (index, score)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    warmup = _WARMUP_ANSWERS if score_fn is compute_score else _WARMUP_ANSWERS[:1]
-    for answer in warmup:  # imports, parser tables and caches, before the memory cap
-        try:
-            score_fn("\\boxed{%s}" % answer, r"\frac{7}{3}")
-        except Exception:  # pylint: disable=broad-except
-            pass
-    if memory_mb:
-        # Cap growth above the start-up footprint (which depends on what the parent imported).
-        limit = _address_space_bytes() + memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    conn.send(_READY)
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        index, response, ground_truth, kwargs = message
-        try:
-            score = float(score_fn(response, ground_truth, **kwargs))
-        except MemoryError:
-            score = 0.0
-        except Exception:  # pylint: disable=broad-except
-            logger.exception("reward worker: scoring failed")
-            score = 0.0
-        conn.send((index, score))
+_STDERR_TAIL_LINES = 20  # worker stderr lines quoted when workers cannot start
+# The directory holding the `rlvr_jax` package: a worker must import it even when the caller found
+# it through its own sys.path (a source checkout run with PYTHONPATH or sys.path edits).
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 @dataclasses.dataclass
 class _Worker:
-    process: multiprocessing.Process
-    conn: multiprocessing.connection.Connection
+    process: subprocess.Popen
+    stderr: IO[bytes]  # a temporary file: a pipe nobody drained could block the worker
     ready: bool = False
     task: int | None = None  # index of the answer being scored
     deadline: float = 0.0
+
+    def fileno(self) -> int:  # lets `multiprocessing.connection.wait` select on the worker
+        return self.process.stdout.fileno()
+
+    def stderr_tail(self, lines: int = _STDERR_TAIL_LINES) -> str:
+        self.stderr.seek(0, os.SEEK_END)
+        size = self.stderr.tell()
+        self.stderr.seek(max(0, size - 16384))
+        text = self.stderr.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclasses.dataclass
@@ -101,6 +64,8 @@ class PoolStats:
     timeouts: int = 0
     worker_deaths: int = 0
     restarts: int = 0
+    memory_errors: int = 0  # answers whose scoring hit the worker's memory cap (scored 0)
+    start_failures: int = 0  # workers that died or timed out before reporting ready
 
 
 class RewardPool:
@@ -110,7 +75,8 @@ class RewardPool:
       with RewardPool(num_workers=2, timeout_s=5.0) as pool:
         scores_b = pool.score(responses, ground_truths)  # float32 [b], 1.0 / 0.0
 
-    Not thread-safe: call `score` from one thread at a time.
+    Works from any thread and any caller (workers never import the caller's `__main__`), but is
+    not thread-safe: call `score` from one thread at a time.
     """
 
     def __init__(
@@ -120,7 +86,6 @@ class RewardPool:
         memory_mb: int | None = 2048,
         require_box: bool = False,
         score_fn: Callable[[str, str], float] | None = None,
-        start_method: str = "spawn",
         startup_timeout_s: float = 120.0,
     ):
         """Creates the pool (workers start on `__enter__` / `start`).
@@ -130,22 +95,18 @@ class RewardPool:
           timeout_s: Per-answer deadline; a late answer scores 0 and its worker is replaced.
           memory_mb: Address space each worker may add after start-up (RLIMIT_AS); None: no cap.
           require_box: Only boxed answers count (see `compute_score`).
-          score_fn: Picklable `(response, ground_truth, **kwargs) -> float`; default
-            `compute_score`.
-          start_method: "spawn" or "forkserver" ("fork" is unsafe once JAX threads run).
+          score_fn: `(response, ground_truth, **kwargs) -> float` defined at the top level of an
+            importable module (workers import it by name); default `compute_score`.
           startup_timeout_s: Time a new worker gets to import and warm up.
         """
         if num_workers < 1 or timeout_s <= 0:
             raise ValueError(f"need num_workers >= 1 and timeout_s > 0, got {num_workers}, {timeout_s}")
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self._num_workers = num_workers
         self._timeout_s = timeout_s
         self._memory_mb = memory_mb
-        self._score_fn = score_fn or compute_score
+        self._score_fn_pickle = _pickle_score_fn(score_fn or compute_score)
         # The default scorer always gets `require_box`; a custom one only when a call asks.
         self._require_box = require_box if score_fn is None else None
-        self._ctx = multiprocessing.get_context(start_method)
         self._startup_timeout_s = startup_timeout_s
         self._workers: list[_Worker] = []
         self._start_failures = 0
@@ -164,30 +125,35 @@ class RewardPool:
             self._workers.append(self._spawn())
 
     def _spawn(self) -> _Worker:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_worker_main,
-            args=(child_conn, self._score_fn, self._memory_mb),
-            daemon=True,
-            name="reward-worker",
-        )
-        process.start()
-        child_conn.close()
-        return _Worker(process, parent_conn, deadline=time.monotonic() + self._startup_timeout_s)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        stderr = tempfile.TemporaryFile()
+        # stdin/stdout are the protocol's pipes; bufsize=0 so `wait` sees every byte the worker sent.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlvr_jax.rewards.pool_worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=env, cwd=_PACKAGE_ROOT)
+        worker = _Worker(process, stderr, deadline=time.monotonic() + self._startup_timeout_s)
+        init = {"sys_path": [os.path.abspath(p or ".") for p in sys.path], "score_fn": self._score_fn_pickle,
+                "memory_mb": self._memory_mb}
+        try:
+            pool_worker.write_message(process.stdin.fileno(), init)
+        except OSError:  # died at once; `_collect` sees the closed pipe and reports its stderr
+            pass
+        return worker
 
     def close(self) -> None:
         """Stops all workers (idempotent)."""
         for worker in self._workers:
             try:
-                worker.conn.send(None)
+                pool_worker.write_message(worker.process.stdin.fileno(), None)
             except (OSError, ValueError):
                 pass
         for worker in self._workers:
-            worker.process.join(timeout=1.0)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
+            try:
+                worker.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill(worker)
         self._workers = []
 
     def score(
@@ -223,7 +189,8 @@ class RewardPool:
             if worker.ready and worker.task is None and pending:
                 index = pending[0]
                 try:
-                    worker.conn.send((index, responses[index], ground_truths[index], kwargs))
+                    pool_worker.write_message(worker.process.stdin.fileno(),
+                                              (index, responses[index], ground_truths[index], kwargs))
                 except (OSError, ValueError):  # died while idle: the answer was never started
                     self._replace(worker, None, reason="died while idle")
                     continue
@@ -237,21 +204,20 @@ class RewardPool:
         if not waiting:
             return
         timeout = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
-        ready_conns = multiprocessing.connection.wait([w.conn for w in waiting], timeout=timeout)
-        for worker in waiting:
-            if worker.conn not in ready_conns:
-                continue
+        readable = multiprocessing.connection.wait(waiting, timeout=timeout)
+        for worker in readable:
             try:
-                message = worker.conn.recv()
-            except (EOFError, OSError):
+                message = pool_worker.read_message(worker.process.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
                 self._replace(worker, scores_b, reason="died")
                 continue
-            if message == _READY:
+            if message == pool_worker.READY:
                 worker.ready = True
                 self._start_failures = 0
             else:
-                index, score = message
+                index, score, status = message
                 scores_b[index] = score
+                self.stats.memory_errors += status == pool_worker.STATUS_MEMORY
                 worker.task = None
 
     def _reap_late(self, scores_b: np.ndarray) -> None:
@@ -274,10 +240,39 @@ class RewardPool:
             logger.warning("reward worker %s; replacing it", reason)
         else:
             self._start_failures += 1
+            self.stats.start_failures += 1
             if self._start_failures >= _MAX_START_FAILURES:
-                raise RuntimeError(f"reward workers failed to start {self._start_failures}x ({reason})")
-        worker.process.kill()
-        worker.process.join()
-        worker.conn.close()
+                if worker.process.poll() is None:
+                    worker.process.kill()
+                code, tail = worker.process.wait(), worker.stderr_tail()
+                _kill(worker)
+                raise RuntimeError(f"reward workers failed to start {self._start_failures}x ({reason}, "
+                                   f"exit code {code}); the last worker's stderr:\n{tail}")
+            logger.warning("reward worker %s while starting; replacing it", reason)
+        _kill(worker)
         self._workers[self._workers.index(worker)] = self._spawn()
         self.stats.restarts += 1
+
+
+def _kill(worker: _Worker) -> None:
+    """Ends a worker process and releases its pipes and stderr file."""
+    if worker.process.poll() is None:
+        worker.process.kill()
+    worker.process.wait()
+    for stream in (worker.process.stdin, worker.process.stdout, worker.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _pickle_score_fn(score_fn: Callable) -> bytes:
+    """The scoring function as workers will import it; a clear error for what they cannot."""
+    module = getattr(score_fn, "__module__", None)
+    if module == "__main__":
+        raise ValueError(f"score_fn {score_fn!r} is defined in __main__; reward workers never import the "
+                         "caller's main module: define it in an importable module")
+    try:
+        return pickle.dumps(score_fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise ValueError(f"score_fn {score_fn!r} must be a top-level function of an importable module: {e}") from e

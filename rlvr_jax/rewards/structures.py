@@ -6,7 +6,8 @@ Scalars are delegated to `compare.scalars_equal`. Conventions:
     (`5+5+1 = 11`) stands for its result.
   - Equations are equal up to rearrangement and a non-zero factor; inequalities up to a positive
     factor, so direction and strictness matter. One-variable linear relations are also compared
-    as the sets they describe (`-2 <= x <= 7` == `x in [-2, 7]`).
+    as the sets they describe: a predicted `x in [-2, 7]` matches a reference `-2 <= x <= 7`, but
+    not the other way round (a reference written as a set asks for the set; Math-Verify's default).
   - A function definition's argument is a dummy: `f(y) = y` == `f(x) = x`.
   - Sets are unordered; intervals compare endpoints and bracket types; tuples and matrices are
     ordered. An open interval `(a, b)` is also an ordered pair (the notation is ambiguous).
@@ -153,7 +154,9 @@ def _parts_equal(x, y, decimal: bool) -> bool:
 
 
 def relations_equal(a, b, decimal: bool) -> bool:
-    """Equations, inequalities and chains of them (see module docstring)."""
+    """Equations, inequalities and chains of them (see module docstring). `a` is the prediction."""
+    if _is_inequality(a) and _is_set_answer(b):
+        return False  # a set was asked for (the reference is one): an inequality is not that answer
     set_a, set_b = relation_as_set(a), relation_as_set(b)
     if not (compare.is_relation(a) and compare.is_relation(b)):
         other_a = set_a[1] if set_a else a
@@ -176,6 +179,19 @@ def relations_equal(a, b, decimal: bool) -> bool:
     if op_a != op_b:
         return False
     return compare.proportional(d_a, d_b, positive=op_a in ("<", "<="))
+
+
+def _is_inequality(v) -> bool:
+    if isinstance(v, sympy.And):
+        return all(_is_inequality(r) for r in v.args)
+    return isinstance(v, Relational) and not isinstance(v, (sympy.Eq, sympy.Ne))
+
+
+def _is_set_answer(v) -> bool:
+    """A set, or membership `x \\in S`, with infinitely many elements (an interval or union)."""
+    if isinstance(v, sympy.Eq) and isinstance(v.rhs, sympy.Set):
+        v = v.rhs
+    return isinstance(v, sympy.Set) and not isinstance(v, sympy.FiniteSet)
 
 
 def _canonical(rel: Relational) -> tuple[str, sympy.Expr]:
@@ -209,19 +225,64 @@ def relation_as_set(rel) -> tuple[sympy.Symbol, sympy.Set] | None:
     if not isinstance(rel, Relational) or isinstance(rel, sympy.Eq):
         return None  # equations are compared as equations
     op, d = _canonical(rel)
-    if len(d.free_symbols) != 1:
+    subject, d = _subject(d)
+    if subject is None:
         return None
-    (x,) = d.free_symbols
+    x = next(iter(d.free_symbols))
     try:
         poly = sympy.Poly(d, x)
-    except Exception:  # pylint: disable=broad-except  # not a polynomial in x: no set form
-        return None
+    except Exception:  # pylint: disable=broad-except  # not a polynomial in x
+        return _absolute_value_set(subject, op, d, x)
     if poly.degree() != 1:
         return None
     slope, offset = poly.all_coeffs()
     if not (slope.is_real and offset.is_real) or slope == 0:
         return None
-    return x, _linear_solution_set(op, -offset / slope, bool(slope.is_positive))
+    return subject, _linear_solution_set(op, -offset / slope, bool(slope.is_positive))
+
+
+def _subject(d: sympy.Expr) -> tuple[object, sympy.Expr]:
+    """(what the relation constrains, d in one variable standing for it), or (None, d).
+
+    A relation constrains one variable (`0 < y < 1`), or one named quantity such as `f(x)` in
+    `0 < f(x) < 1`: the name is what the answer describes, so it is replaced by a variable.
+    """
+    names = d.atoms(AppliedUndef)
+    if len(names) == 1:
+        (name,) = names
+        stand_in = sympy.Dummy("named")
+        replaced = d.xreplace({name: stand_in})
+        if replaced.free_symbols == {stand_in}:
+            return name, replaced
+        return None, d
+    if names or len(d.free_symbols) != 1:
+        return None, d
+    return next(iter(d.free_symbols)), d
+
+
+_ABS_MAX_OPS = 30  # solving is only attempted for small expressions (|z|, |2x-1|)
+
+
+def _absolute_value_set(subject, op: str, d: sympy.Expr, x: sympy.Symbol):
+    """The real solution set of `d op 0` when d is linear in x inside absolute values: an
+    inequality is a statement about real numbers, so `1 <= |z| <= 3/2` is [-3/2,-1] u [1,3/2]."""
+    if not d.has(sympy.Abs) or sympy.count_ops(d) > _ABS_MAX_OPS:
+        return None
+    real = sympy.Dummy("real", real=True)
+    expr = d.xreplace({x: real})
+    plain = expr.replace(sympy.Abs, lambda a: a)
+    try:
+        if sympy.Poly(plain, real).degree() != 1:
+            return None
+        relation = {"<": sympy.StrictLessThan, "<=": sympy.LessThan}.get(op)
+        if relation is None:
+            return None
+        solution = sympy.solveset(relation(expr, 0), real, sympy.S.Reals)
+    except Exception:  # pylint: disable=broad-except  # sympy cannot solve it: no set form
+        return None
+    return (subject, solution) if isinstance(solution, (sympy.Interval, sympy.Union,
+                                                        sympy.FiniteSet)) or \
+        solution is sympy.S.EmptySet else None
 
 
 def _linear_solution_set(op: str, root, increasing: bool) -> sympy.Set:

@@ -1,4 +1,4 @@
-"""Rollouts: bucketed prefill + a jitted `while_loop` decode over a donated, sharded KV cache.
+"""Rollouts by continuous batching: decode slots refilled from a queue of samples, bounded attention.
 
 Public API: `generate(params, cfg, prompts, *, max_new_tokens, ...) -> RolloutResult`.
 """
@@ -6,8 +6,9 @@ Public API: `generate(params, cfg, prompts, *, max_new_tokens, ...) -> RolloutRe
 from rlvr_jax.sampling.api import RolloutResult, generate
 from rlvr_jax.sampling.buckets import bucket_count, bucket_length, kv_cache_bytes, rows_for_memory
 from rlvr_jax.sampling.controls import Controls, select_tokens
+from rlvr_jax.sampling.scheduler import Stats
 
 __all__ = [
-    "Controls", "RolloutResult", "bucket_count", "bucket_length", "generate", "kv_cache_bytes",
+    "Controls", "RolloutResult", "Stats", "bucket_count", "bucket_length", "generate", "kv_cache_bytes",
     "rows_for_memory", "select_tokens",
 ]

@@ -1,18 +1,27 @@
-"""The rollout engine: bucketed prefill, then one jitted `lax.while_loop` of decode steps.
+"""The rollout engine's device programs: slot state, prefill, insert, a K-step decode segment, reshape.
 
-Per sub-batch of prompts (host loop in `generate`):
-  1. Prompts are left-padded to a bucketed length `p`; the row count is bucketed too (dummy rows are
-     marked finished from the start so they never keep the loop alive).
-  2. One jitted program (`_rollout`) prefills each *prompt* once, copies its KV cache into the `n`
-     rows of its samples, draws the first token from the last prompt position's logits, then runs a
-     `while_loop` that stops when every row has finished or `max_new_tokens` tokens were drawn.
-  3. The KV cache (per layer `[rows, k, p + max_new_tokens, e]`, see `decode_step`) is preallocated,
-     sharded (rows over the batch axes, kv heads over `tensor`), donated to the program and returned,
-     so consecutive sub-batches of the same shape reuse one buffer and the loop updates it in place.
+Continuous batching keeps a fixed number of decode *slots* (the `s` axis, sharded over the mesh's
+batch axes). The host loop in `scheduler` alternates:
+  1. `prefill`: runs each newly admitted *prompt* once (`transformer.decoder_stack`, right-padded to a
+     bucketed `[m, p]`) and returns its keys/values and the logits of its last prompt position;
+  2. `insert`: copies a prompt's keys/values into each slot that takes one of its samples (a prompt
+     with n samples is prefilled once and copied into n slots), draws each sample's first token;
+  3. `segment`: a jitted `lax.while_loop` of up to `steps` decode steps over all slots, which exits
+     early once enough slots have finished to be worth refilling (or when a row would outgrow the
+     window);
+  4. `reshape`: moves slots (compaction when the queue is empty) and cuts or extends the cache
+     window (`w`, bucketed to the longest live row), so attention reads only what can hold data.
 
-Randomness: row `r` (prompt-major global sample index) draws step `i` from
-`fold_in(fold_in(key(seed), r), i)`, so samples do not depend on the sub-batch size, the row bucket
-or the mesh.
+State (a dict, every array's leading axis is the slot):
+  cache: per-layer `[{"k", "v"}]`, each `[s, k, w, e]` (see `decode_step`).
+  tok: int32 `[s]`, the last drawn token (fed at the next step). fill: int32 `[s]`, positions filled.
+  count: int32 `[s]`, tokens drawn. row: int32 `[s]`, the global sample index (prompt-major).
+  done: bool `[s]` (free slots are done). stopped: bool `[s]`, ended by a stop token.
+  out_tok int32 / out_lp float32 `[s, t]`: the sample's tokens and log-probs so far.
+
+Randomness: sample `row` draws its token number `count` from `fold_in(fold_in(key(seed), row), count)`,
+so a sample depends on (seed, prompt, sample index, params) only, never on its slot, the schedule or
+the mesh.
 """
 
 from __future__ import annotations
@@ -27,155 +36,172 @@ from rlvr_jax import sharding as shd
 from rlvr_jax.models import transformer as tfm
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.sampling import decode_step as dstep
-from rlvr_jax.sampling import progress as prog
 from rlvr_jax.sampling.controls import Controls, select_tokens
 
 L = shd
+_SLOT = (L.ACT_BATCH,)
+_SLOT_T = (L.ACT_BATCH, None)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("cfg", "controls", "n", "max_new_tokens", "sharder", "progress_every"),
-    donate_argnames=("cache",),
-)
-def _rollout(params, cache, prompt_ids_mp, prompt_mask_mp, active_b, row_ids_b, stop_ids, seed, temperature,
-             top_p, sub_index, *, cfg, controls, n, max_new_tokens, sharder, progress_every):
-    """Prefill + decode loop for one sub-batch of `m` prompts x `n` samples (`b = m * n` rows).
-
-    Args:
-      params: params pytree (stacked layers, any dtype; the decode loop uses a per-layer copy in
-        `cfg.dtype`, see `decode_step.unstack_params`).
-      cache: per-layer `[{"k", "v"}]`, each `[b, k, p + t, e]` (see `decode_step`; donated, overwritten).
-      prompt_ids_mp, prompt_mask_mp: left-padded prompts `[m, p]` and their 0/1 mask.
-      active_b: bool `[b]`, False for dummy (bucket padding) rows.
-      row_ids_b: int32 `[b]`, global sample index of each row (PRNG stream id).
-      stop_ids: int32 `[q]`, stop token ids padded with -1 (traced: a new stop set does not recompile).
-      seed: uint32 scalar. temperature, top_p: float32 scalars.
-      sub_index: int32 scalar, the sub-batch number (progress reporting only).
-
-    Returns:
-      `(out, cache)`: out holds `tokens` int32 `[b, t]`, `logprobs` float32 `[b, t]` (0 after the
-      end), `lengths` int32 `[b]` and `stopped` bool `[b]`.
-    """
-    m, p = prompt_ids_mp.shape
-    logits_bv, cache = _prefill(params, cfg, cache, prompt_ids_mp, prompt_mask_mp, n, sharder)
-    prompt_len_b = jnp.repeat(jnp.sum(prompt_mask_mp, axis=-1, dtype=jnp.int32), n)
-    kv_mask_bs = jnp.concatenate(
-        [jnp.repeat(prompt_mask_mp, n, axis=0).astype(bool), jnp.ones((m * n, max_new_tokens), bool)], axis=1)
-    kv_mask_bs = shd.constrain(sharder, kv_mask_bs, (L.ACT_BATCH, L.ACT_LENGTH))
-    base_key = jax.random.key(seed)
-    row_keys_b = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(row_ids_b)
-    select = functools.partial(select_tokens, temperature=temperature, top_p=top_p, controls=controls)
-    tok_b, lp_b = select(logits_bv, _uniforms(row_keys_b, 0))
-    state = _initial_state(cache, tok_b, lp_b, active_b, max_new_tokens, stop_ids)
-    dparams = dstep.unstack_params(params, cfg)  # once per sub-batch, outside the loop
-
-    def body(state):
-        i = state["i"]  # tokens drawn so far; feed token i - 1 at slot p + i - 1
-        last_b = jax.lax.dynamic_index_in_dim(state["tokens"], i - 1, axis=1, keepdims=False)
-        logits_bv, cache = dstep.decode_step(dparams, cfg, last_b, prompt_len_b + i - 1, kv_mask_bs,
-                                             state["cache"], p + i - 1, sharder=sharder)
-        tok_b, lp_b = select(logits_bv, _uniforms(row_keys_b, i))
-        state = _record(dict(state, cache=cache), tok_b, lp_b, stop_ids)
-        if progress_every:
-            prog.report_every(progress_every, sub_index, state["i"], state["done"])
-        return state
-
-    state = jax.lax.while_loop(lambda st: (st["i"] < max_new_tokens) & ~jnp.all(st["done"]), body, state)
-    out = {k: state[k] for k in ("tokens", "logprobs", "lengths", "stopped")}
-    return out, state["cache"]
+def _slot_constrain(sharder, state: dict) -> dict:
+    out = {k: shd.constrain(sharder, v, _SLOT if v.ndim == 1 else _SLOT_T) for k, v in state.items() if k != "cache"}
+    out["cache"] = [{k: shd.constrain(sharder, v, dstep.CACHE_AXES) for k, v in c.items()} for c in state["cache"]]
+    return out
 
 
-def _prefill(params, cfg, cache, prompt_ids_mp, prompt_mask_mp, n, sharder):
-    """Runs each prompt once (`transformer.decoder_stack`); copies its keys/values into its `n` sample rows.
-
-    Returns the first-token logits `[m * n, v]` (only the last prompt position goes through the
-    lm_head) and the cache with slots `[0, p)` filled.
-    """
-    m, p = prompt_ids_mp.shape
-    ids = shd.constrain(sharder, prompt_ids_mp, (L.ACT_BATCH, L.ACT_LENGTH))
-    prompt_cache = tfm.init_cache(cfg, m, p, dtype=cache[0]["k"].dtype)
-    h_mpd, prompt_cache = tfm.decoder_stack(params, cfg, ids, tfm.positions_from_mask(prompt_mask_mp), prompt_mask_mp,
-                                     cache=prompt_cache, cache_index=0, sharder=sharder)
-    logits_mv = tfm.logits_from_hidden(params, cfg, h_mpd[:, -1])  # left padding: last slot is real
-    return jnp.repeat(logits_mv, n, axis=0), dstep.fill_prefix(cache, prompt_cache, n, sharder)
+@functools.partial(jax.jit, static_argnames=("cfg", "slots", "window", "max_new_tokens", "cache_dtype", "sharder"))
+def init_state(*, cfg: ModelConfig, slots: int, window: int, max_new_tokens: int, cache_dtype: str, sharder=None):
+    """All slots free (`done`), cache zeroed."""
+    zeros = lambda dt: jnp.zeros((slots,), dt)
+    state = dict(tok=zeros(jnp.int32), fill=zeros(jnp.int32), count=zeros(jnp.int32), row=zeros(jnp.int32),
+                 done=jnp.ones((slots,), bool), stopped=zeros(bool),
+                 out_tok=jnp.zeros((slots, max_new_tokens), jnp.int32),
+                 out_lp=jnp.zeros((slots, max_new_tokens), jnp.float32),
+                 cache=dstep.init_cache(cfg, slots, window, cache_dtype, sharder))
+    return _slot_constrain(sharder, state)
 
 
-def _uniforms(row_keys_b, step):
-    """One uniform in `(0, 1]` per row for decode step `step` (independent of batch composition)."""
-    return jax.vmap(lambda k: 1.0 - jax.random.uniform(jax.random.fold_in(k, step)))(row_keys_b)
+unstack_params = jax.jit(dstep.unstack_params, static_argnames=("cfg",))
 
 
-def _initial_state(cache, tok_b, lp_b, active_b, t, stop_ids):
-    b = tok_b.shape[0]
-    state = {
-        "i": jnp.int32(0),
-        "cache": cache,
-        "tokens": jnp.zeros((b, t), jnp.int32),
-        "logprobs": jnp.zeros((b, t), jnp.float32),
-        "lengths": jnp.zeros((b,), jnp.int32),
-        "done": ~active_b,
-        "stopped": jnp.zeros((b,), bool),
-    }
-    return _record(state, tok_b, lp_b, stop_ids)
-
-
-def _record(state, tok_b, lp_b, stop_ids):
-    """Writes token `i` for rows still running; marks rows that drew a stop token as done."""
-    i, running_b = state["i"], ~state["done"]
-    tok_b = jnp.where(running_b, tok_b, 0)
-    lp_b = jnp.where(running_b, lp_b, 0.0)
-    hit_b = running_b & jnp.any(tok_b[:, None] == stop_ids[None, :], axis=-1)
-    return dict(
-        state,
-        i=i + 1,
-        tokens=jax.lax.dynamic_update_slice_in_dim(state["tokens"], tok_b[:, None], i, axis=1),
-        logprobs=jax.lax.dynamic_update_slice_in_dim(state["logprobs"], lp_b[:, None], i, axis=1),
-        lengths=state["lengths"] + running_b.astype(jnp.int32),
-        done=state["done"] | hit_b,
-        stopped=state["stopped"] | hit_b,
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "rows", "length", "dtype", "sharder"))
-def _alloc_cache(*, cfg: ModelConfig, rows: int, length: int, dtype: str, sharder):
-    return dstep.init_cache(cfg, rows, length, dtype, sharder)
-
-
-def cache_fits(cache, cfg: ModelConfig, rows: int, length: int, dtype: str) -> bool:
-    """Whether a cache from a previous sub-batch can be reused for `rows` x `length` slots."""
-    want = (rows, cfg.num_kv_heads, length, cfg.head_dim)
-    return cache is not None and cache[0]["k"].shape == want and cache[0]["k"].dtype == jnp.dtype(dtype)
-
-
-def run_sub_batch(params, cfg: ModelConfig, cache, prompts_mp, mask_mp, active_b, row_ids_b, *, stop_token_ids,
-                  seed, temperature, top_p, sub_index, controls: Controls, n: int, max_new_tokens: int,
-                  sharder=None, cache_dtype: str, progress_every: int = 0):
-    """Allocates (or reuses) the cache and dispatches `_rollout` for one bucketed sub-batch (async).
+@functools.partial(jax.jit, static_argnames=("window", "sharder"))
+def reshape(state: dict, src_s, *, window: int, sharder=None) -> dict:
+    """Slot `i` of the result is slot `src_s[i]` of `state` (-1: a free slot); cache window -> `window`.
 
     Args:
-      cache: the cache returned by the previous call if `cache_fits` it, else None (the caller drops its
-        reference first, so the old buffer is freed before a new one is allocated).
-      prompts_mp, mask_mp: numpy `[m, p]` left-padded prompts and mask.
-      stop_token_ids: sequence of ints (padded here to a bucket of >= 4 entries). Others: see `_rollout`.
+      state: the slot state (donated).
+      src_s: int32 `[s_new]` source slots.
+      window: new cache window; positions beyond the old one are zero, beyond the new one dropped.
+    """
+    valid = src_s >= 0
+    idx = jnp.maximum(src_s, 0)
+    out = {k: v[idx] for k, v in state.items() if k != "cache"}
+    out["done"] = jnp.where(valid, out["done"], True)
+    cache = []
+    for layer in state["cache"]:
+        new = {}
+        for name, c in layer.items():
+            c = c[idx][:, :, :window]
+            new[name] = jnp.pad(c, ((0, 0), (0, 0), (0, window - c.shape[2]), (0, 0)))
+        cache.append(new)
+    out["cache"] = cache
+    return _slot_constrain(sharder, out)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_dtype", "sharder"))
+def prefill(params, ids_mp, len_m, *, cfg: ModelConfig, cache_dtype: str, sharder=None):
+    """Runs `m` right-padded prompts once.
+
+    Args:
+      params: the params pytree (stacked layers).
+      ids_mp: int32 `[m, p]`, prompt `i` in `[i, :len_m[i]]` (any padding after).
+      len_m: int32 `[m]` prompt lengths (>= 1).
 
     Returns:
-      `(out, cache)` as device arrays (not yet synchronised).
+      `(prefix, logits_mv)`: keys/values `{"k", "v"}` each `[l, m, p, k, e]` (positions `>= len` are
+      padding) and the float32 next-token logits at each prompt's last position.
     """
-    m, p = prompts_mp.shape
-    if cache is None:
-        cache = _alloc_cache(cfg=cfg, rows=m * n, length=p + max_new_tokens, dtype=cache_dtype, sharder=sharder)
-    stop_ids = np.full(max(4, 1 << (len(stop_token_ids) - 1).bit_length()), -1, np.int32)
-    stop_ids[:len(stop_token_ids)] = stop_token_ids
-    put = functools.partial(_put, sharder)
-    return _rollout(
-        params, cache, put(prompts_mp, (L.ACT_BATCH, L.ACT_LENGTH)), put(mask_mp, (L.ACT_BATCH, L.ACT_LENGTH)),
-        put(active_b, (L.ACT_BATCH,)), put(row_ids_b, (L.ACT_BATCH,)), stop_ids, np.uint32(seed),
-        np.float32(temperature), np.float32(top_p), np.int32(sub_index), cfg=cfg, controls=controls, n=n, max_new_tokens=max_new_tokens,
-        sharder=sharder, progress_every=progress_every)
+    m, p = ids_mp.shape
+    ids_mp = shd.constrain(sharder, ids_mp, (L.ACT_BATCH, L.ACT_LENGTH))
+    mask_mp = jnp.arange(p)[None, :] < len_m[:, None]
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (m, p))
+    cache = tfm.init_cache(cfg, m, p, dtype=cache_dtype)
+    h_mpd, cache = tfm.decoder_stack(params, cfg, ids_mp, positions, mask_mp, cache=cache, cache_index=0, sharder=sharder)
+    h_md = jnp.take_along_axis(h_mpd, (len_m - 1)[:, None, None], axis=1)[:, 0]
+    return cache, tfm.logits_from_hidden(params, cfg, h_md)
 
 
-def _put(sharder, x, logical):
-    if sharder is None:
-        return jnp.asarray(x)
-    return jax.device_put(x, sharder.sharding(logical, x.shape))
+@functools.partial(jax.jit, static_argnames=("controls", "sharder"), donate_argnames=("state",))
+def insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, seed, temperature, top_p, stop_ids, *,
+           controls: Controls, sharder=None):
+    """Starts `r` samples: slot `slot_r[i]` takes sample `row_r[i]` of prefilled prompt `src_r[i]`.
+
+    Args:
+      state: slot state (donated); its window must be >= the prefill length `p`.
+      prefix, logits_mv: `prefill` outputs; len_m: int32 `[m]` prompt lengths.
+      slot_r: int32 `[r]` target slots; entries `>= s` are bucket padding (dropped).
+      src_r: int32 `[r]` index into the prefilled prompts. row_r: int32 `[r]` global sample index.
+      seed: uint32; temperature, top_p: float32; stop_ids: int32 `[q]` padded with -1.
+    """
+    p = prefix["k"].shape[2]
+    t = state["out_tok"].shape[1]
+    tok_r, lp_r = select_tokens(logits_mv[src_r], uniforms(seed, row_r, jnp.zeros_like(row_r)),
+                                temperature, top_p, controls)
+    hit_r = jnp.any(tok_r[:, None] == stop_ids[None, :], axis=-1)
+    put = lambda x, v: x.at[slot_r].set(v, mode="drop")
+    first = lambda v, dt: jnp.zeros((len(slot_r), t), dt).at[:, 0].set(v)
+    out = dict(state, tok=put(state["tok"], tok_r), fill=put(state["fill"], len_m[src_r]),
+               count=put(state["count"], jnp.ones_like(tok_r)), row=put(state["row"], row_r),
+               done=put(state["done"], hit_r | (t == 1)), stopped=put(state["stopped"], hit_r),
+               out_tok=put(state["out_tok"], first(tok_r, jnp.int32)),
+               out_lp=put(state["out_lp"], first(lp_r, jnp.float32)))
+    cache = []
+    for layer, c in enumerate(state["cache"]):
+        new = {}
+        for name, x in c.items():
+            rows_rkpe = jnp.swapaxes(prefix[name][layer], 1, 2)[src_r].astype(x.dtype)
+            new[name] = x.at[slot_r, :, :p, :].set(rows_rkpe, mode="drop")
+        cache.append(new)
+    out["cache"] = cache
+    return _slot_constrain(sharder, out)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "controls", "steps", "sharder"), donate_argnames=("state",))
+def segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, cfg: ModelConfig,
+            controls: Controls, steps: int, sharder=None):
+    """Up to `steps` decode steps over every slot, in one `while_loop`.
+
+    Exits early once `free_target` slots are done (so the host can refill them) or when a running
+    slot has filled the window (so the host can extend it). Finished slots keep computing (their
+    results are masked out) until the host refills them: the price of fixed shapes.
+
+    Args:
+      dparams: `decode_step.unstack_params(params, cfg)`.
+      state: slot state (donated).
+      free_target: int32 scalar. Others: see `insert`.
+    """
+    w = state["cache"][0]["k"].shape[2]
+    t = state["out_tok"].shape[1]
+
+    def cond(carry):
+        i, st = carry
+        room = jnp.all(st["done"] | (st["fill"] < w))
+        return (i < steps) & (jnp.sum(st["done"], dtype=jnp.int32) < free_target) & room
+
+    def body(carry):
+        i, st = carry
+        logits_sv, cache = dstep.decode_step(dparams, cfg, st["tok"], st["fill"], st["cache"], sharder=sharder)
+        tok_s, lp_s = select_tokens(logits_sv, uniforms(seed, st["row"], st["count"]), temperature, top_p, controls)
+        return i + 1, _record(dict(st, cache=cache), tok_s, lp_s, stop_ids, t, sharder)
+
+    _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    return state
+
+
+def _record(st, tok_s, lp_s, stop_ids, t, sharder):
+    """Appends each running slot's new token; marks slots that drew a stop token or `t` tokens done."""
+    run_s = ~st["done"]
+    col_s = jnp.where(run_s, st["count"], t)  # finished slots write out of range: dropped
+    rows = jnp.arange(run_s.shape[0])
+    hit_s = run_s & jnp.any(tok_s[:, None] == stop_ids[None, :], axis=-1)
+    count = st["count"] + run_s.astype(jnp.int32)
+    out = dict(st, tok=jnp.where(run_s, tok_s, st["tok"]), fill=st["fill"] + run_s.astype(jnp.int32), count=count,
+               out_tok=st["out_tok"].at[rows, col_s].set(tok_s, mode="drop"),
+               out_lp=st["out_lp"].at[rows, col_s].set(lp_s, mode="drop"),
+               done=st["done"] | hit_s | (count >= t), stopped=st["stopped"] | hit_s)
+    return _slot_constrain(sharder, out)
+
+
+def uniforms(seed, row_b, count_b):
+    """One uniform in `(0, 1]` per sample for its token number `count_b` (slot- and schedule-free)."""
+    base = jax.random.key(seed)
+    draw = lambda r, c: 1.0 - jax.random.uniform(jax.random.fold_in(jax.random.fold_in(base, r), c))
+    return jax.vmap(draw)(row_b, count_b)
+
+
+def stop_array(stop_token_ids) -> np.ndarray:
+    """Stop ids padded with -1 to a power-of-two length >= 4 (traced: a new stop set does not recompile)."""
+    ids = sorted({int(t) for t in stop_token_ids})
+    out = np.full(max(4, 1 << max(len(ids) - 1, 0).bit_length()), -1, np.int32)
+    out[:len(ids)] = ids
+    return out

@@ -19,7 +19,8 @@ class Checkpointer:
     Args:
       directory: where step folders are written (created).
       save_every: steps between periodic saves; `save(..., force=True)` ignores it.
-      keep: how many checkpoints to keep (oldest removed first).
+      keep: how many checkpoints to keep (oldest removed first); 0 keeps every one (to evaluate
+        each checkpoint of a run afterwards, as the paper does every 20 steps).
       async_save: write in a background thread while training continues.
     """
 
@@ -27,8 +28,10 @@ class Checkpointer:
         self.directory = pathlib.Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.save_every = int(save_every)
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0 (0 keeps every checkpoint), got {keep}")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 

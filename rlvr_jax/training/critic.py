@@ -23,7 +23,7 @@ import numpy as np
 
 from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import gae_advantages, outcome_rewards_to_tokens, value_loss
+from rlvr_jax.algorithms import gae_advantages, kl_in_reward, outcome_rewards_to_tokens, value_loss
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import logprobs as lp
@@ -136,24 +136,35 @@ class CriticRunner:
       gamma, lam: GAE settings. warmup_steps: steps that train the critic only.
     """
 
-    def __init__(self, state, values_fn, update_fn, *, gamma: float = 1.0, lam: float = 1.0, warmup_steps: int = 0):
+    def __init__(self, state, values_fn, update_fn, *, gamma: float = 1.0, lam: float = 1.0, warmup_steps: int = 0,
+                 kl_coef: float = 0.0):
         self.state, self.values_fn, self.update_fn = state, values_fn, update_fn
         self.gamma, self.lam, self.warmup_steps = gamma, lam, warmup_steps
+        self.kl_coef = kl_coef  # k1 KL-in-reward coefficient (verl's use_kl_in_reward); 0 = off
 
     def update(self, step: int, rewards: np.ndarray, values, arrays: dict,
-               put: Callable = lambda tree: tree) -> tuple[np.ndarray, dict]:
+               put: Callable = lambda tree: tree, old_logp=None, ref_logp=None) -> tuple[np.ndarray, dict]:
         """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages.
 
         Args:
           arrays: the rollout's host (numpy) arrays. put: places the critic batch on the mesh
             (`RLLoop._put`); GAE itself runs on host copies, identical on every process.
+          old_logp, ref_logp: [N, R] rollout-policy and reference log-probs; with `kl_coef` > 0 the
+            k1 KL penalty is charged on the token rewards (`algorithms.kl_in_reward`).
         """
         mask = arrays["response_mask"]
         values = distributed.to_host(values)
         token_rewards = outcome_rewards_to_tokens(rewards, mask)
+        kl_metrics = {}
+        if self.kl_coef > 0:
+            if old_logp is None or ref_logp is None:
+                raise ValueError("KL-in-reward needs the rollout and reference log-probs (build the reference model)")
+            token_rewards, kl_metrics = kl_in_reward(token_rewards, distributed.to_host(old_logp),
+                                                     distributed.to_host(ref_logp), mask, self.kl_coef)
         advantages, returns = gae_advantages(token_rewards, values, mask, gamma=self.gamma, lam=self.lam)
         advantages, returns = np.asarray(advantages), np.asarray(returns)
         batch = put({**arrays, "old_values": values, "returns": returns})
         self.state, metrics = self.update_fn(self.state, batch)
         metrics = {f"critic/{k}": v for k, v in distributed.to_host(metrics).items()}
+        metrics.update({f"reward/{k}": float(v) for k, v in kl_metrics.items()})  # verl: reward_kl_penalty
         return advantages, metrics

@@ -168,6 +168,7 @@ def compute_logprobs(
     chunk: int = 512,
     with_entropy: bool = False,
     sharder: shd.Sharder | None = None,
+    max_tokens_per_micro_batch: int | None = None,
 ) -> dict:
     """Per-token log-probs (and entropy) of the response tokens; no gradient. Policy or reference.
 
@@ -184,6 +185,8 @@ def compute_logprobs(
       chunk: response positions per logits block.
       with_entropy: also return per-token entropy.
       sharder: mesh + rules; batch rows are sharded along `ACT_BATCH`.
+      max_tokens_per_micro_batch: when given, sequences are packed into rows of real tokens with
+        micro-batches of this many tokens (`packing.compute_logprobs_packed`; `micro_batch_size` unused).
 
     Returns:
       `{"logp": [B, R] float32}` (+ `"entropy": [B, R]`), zero where `response_mask` is 0.
@@ -191,6 +194,13 @@ def compute_logprobs(
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"compute_logprobs: batch lacks {missing}; needs {list(BATCH_KEYS)}")
+    if max_tokens_per_micro_batch:
+        from rlvr_jax.training.packing import compute_logprobs_packed  # packing builds on this module
+
+        return compute_logprobs_packed(
+            params, cfg, batch, temperature=temperature, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
+            chunk=chunk, with_entropy=with_entropy, sharder=sharder,
+        )
     b = batch["input_ids"].shape[0]
     fn = _logprob_program(cfg, b, float(temperature), micro_batch_size, int(chunk), bool(with_entropy), sharder)
     return fn(params, *(jnp.asarray(batch[k]) for k in BATCH_KEYS))

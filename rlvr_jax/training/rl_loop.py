@@ -19,6 +19,7 @@ sampler, log-prob, update and reward functions; `RunOutputs`: checkpointer, writ
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import signal
 import time
 from typing import Any, Callable, Sequence
@@ -27,13 +28,19 @@ import jax
 import numpy as np
 
 from rlvr_jax import distributed
+from rlvr_jax.compile_counter import CompileCounter
 from rlvr_jax.algorithms import get_advantage_estimator
 from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
+from rlvr_jax.rewards.registry import build_reward, problem_key
 from rlvr_jax.training import response_metrics
 from rlvr_jax.training.critic import CriticRunner
+from rlvr_jax.training.dynamic_sampling import GroupPool
 from rlvr_jax.training.rollout_batch import RolloutSettings, make_rollout_batch
 
+
+# Metrics quoted (finite or not) when a step is non-finite, beside every non-finite one.
+_NONFINITE_REPORT = ("loss", "pg_loss", "grad_norm", "vf_loss", "finite", "num_skipped")
 
 # Update-step metric names -> the verl-style names of DESIGN.md (under "actor/").
 _METRIC_NAMES = {"clipfrac": "pg_clipfrac", "clipfrac_lower": "pg_clipfrac_lower", "approx_kl": "ppo_kl"}
@@ -41,6 +48,9 @@ _METRIC_NAMES = {"clipfrac": "pg_clipfrac", "clipfrac_lower": "pg_clipfrac_lower
 
 class NonFiniteError(FloatingPointError):
     """Raised when a step produced a non-finite loss or gradient."""
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +67,24 @@ class LoopSettings:
     template: str = "chat_template"
     system_prompt: str | None = None
     max_prompt_len: int = 1024
-    reward: str = "math"  # One of REWARD_NAMES.
+    reward: str = "math"  # Registered reward (rewards.registry.REWARDS) built when no `reward=` is given.
+    # DAPO dynamic sampling: drop groups whose scores are all equal, draw more prompts (up to
+    # max_sampling_rounds rollouts per step) until the batch is full.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 10
     # Recompute the rollout policy's log-probs with the trainer's forward (verl's default). Off: use
     # the sampler's own log-probs (identical math; saves a forward pass, exact only in float32).
     recompute_old_logp: bool = True
+    # The update takes the old log-probs from its own forward (one epoch, one mini-batch; see
+    # `UpdateConfig.fuse_old_logp`): no separate old-policy pass, and no `rollout/logp_abs_diff`.
+    fuse_old_logp: bool = False
+    # A step whose loss or gradient is non-finite: "stop" the run (checkpoint the last good state,
+    # raise NonFiniteError) or "skip" it (the update already left the state unchanged) and go on.
+    on_nonfinite: str = "stop"
 
-
-# Names `config.reward.name` accepts: the math verifier, or "none" (the paper's entropy-only
-# ablation: every reward is 0, so only the entropy and KL terms train).
-REWARD_NAMES = ("math", "none")
+    def __post_init__(self):
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +95,16 @@ class StepFns:
       generate: `sampling.generate`-like `(params, cfg, prompt_ids, **controls) -> GenerateResult`.
       logprobs: `(params, arrays) -> [N, R]` per-token log-probs of the rollout's responses.
       update: `(state, batch) -> (state, metrics)`, the jitted actor update.
-      score: `(responses, answers) -> [N]` rewards (the verifier pool's `score`).
+      score: `(responses, answers) -> [N]` verifier scores (the verifier pool's `score`).
+      reward: the training reward (`rewards.registry`): scoring then shaping; None builds
+        `LoopSettings.reward` around `score`.
     """
 
     generate: Callable
     logprobs: Callable
     update: Callable
     score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+    reward: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +131,7 @@ class RLLoop:
 
     Args:
       model_cfg: the policy's `ModelConfig`. state: the actor `TrainState` (replaced every update).
-      ref_params: frozen reference params for the KL loss, or None (no KL loss).
+      ref_params: frozen reference params (KL loss / KL-in-reward), or None.
       tokenizer: detokenises responses, renders prompts. prompts: the `PromptIterator`.
       settings: `LoopSettings`. rollout: `RolloutSettings` of the sampler.
       fns: the step's built functions (`StepFns`). outputs: checkpointer, writers, validation.
@@ -128,6 +150,9 @@ class RLLoop:
         self.process_index, self.process_count = placement.process_index, placement.process_count
         self.sharder = placement.sharder  # Places host batches as the jitted steps' row-sharded inputs.
         self.critic = critic
+        # The reward object (rewards.registry): per-sample score, then global shaping (may keep state).
+        self.reward = fns.reward if fns.reward is not None else build_reward(settings.reward, score_fn=fns.score)
+        self._saturated = False  # dynamic sampling found every group equal on the previous step
         self._prompt_cache: dict[Any, list[int]] = {}
         self._stop_requested = False
         self.history: list[dict[str, Any]] = []
@@ -166,7 +191,7 @@ class RLLoop:
         return self.state if self.critic is None else {"actor": self.state, "critic": self.critic.state}
 
     def _host_state(self, step: int) -> dict:
-        return {"step": step, "data": self.prompts.state()}
+        return {"step": step, "data": self.prompts.state(), "reward": self.reward.state()}
 
     def _validate(self, step: int) -> None:
         if self.validate is None:
@@ -181,46 +206,59 @@ class RLLoop:
     def train_step(self, step: int) -> dict[str, Any]:
         """One RL step at `step` (1-based); updates `self.state`, writes metrics, returns them."""
         t0 = time.time()
-        batch = self.prompts.batch_at(step - 1)  # The global batch: every process samples all of it.
-        prompt_ids = [self._prompt_ids(ex) for ex in batch.examples]
-        result = self.generate_fn(
-            self.state.params, self.model_cfg, prompt_ids, max_new_tokens=self.rollout.max_new_tokens,
-            temperature=self.rollout.temperature, top_p=self.rollout.top_p, top_k=self.rollout.top_k,
-            stop_token_ids=self.rollout.stop_token_ids, n=self.rollout.n,
-            seed=self.settings.seed * 1_000_003 + step, **self.rollout.extra_kwargs(),
-        )
+        compiles = CompileCounter().start()  # After step 1 any compile is a shape leak (slow steps).
+        if self.prompts.step != step - 1:  # A resume that skipped `prompts.restore` would replay other data.
+            raise RuntimeError(f"data position {self.prompts.step} does not match step {step}: "
+                               "restore the prompt iterator's checkpointed state before resuming")
+        batch = next(self.prompts)  # The global batch: every process samples all of it.
+        scores, sampling_metrics = None, {}
+        if self.settings.dynamic_sampling:  # Scores first: the filter needs them before the log-probs.
+            batch, result, texts, scores, sampling_metrics = self._filtered_rollout(step, batch)
+        else:
+            result = self._generate(batch, step)
+            texts = self.tokenizer.batch_decode([list(t) for t in result.tokens], skip_special_tokens=True)
         t_rollout = time.time()
-        texts = self.tokenizer.batch_decode([list(t) for t in result.tokens], skip_special_tokens=True)
         rb = make_rollout_batch(result)
         arrays = self._put(rb.arrays())
         # Device work first: JAX dispatch is asynchronous, so the old/reference log-probs (and critic
         # values) are computed while the host scores the responses below.
-        if self.settings.recompute_old_logp:
+        if self.settings.fuse_old_logp:
+            old_logp = None  # the update's own forward provides them
+        elif self.settings.recompute_old_logp:
             old_logp = self.logprob_fn(self.state.params, arrays)
         else:
             old_logp = self._put(rb.rollout_logp)
         ref_logp = self.logprob_fn(self.ref_params, arrays) if self.ref_params is not None else None
         values = self.critic.values_fn(self.critic.state.params, arrays) if self.critic else None
-        rewards = self._score_slice(texts, batch)
+        if scores is None:
+            scores = self._score_slice(texts, batch)
+        rewards, reward_metrics = self._shape_rewards(scores, result, batch)
         t_reward = time.time()
         group_ids = np.repeat(np.asarray(batch.group_ids_b), self.rollout.n)
         update_metrics = {}
         if self.critic is None:
-            advantages = self._advantages(rewards, group_ids)
+            advantages = self._advantages(rewards, group_ids, np.asarray(result.response_lengths))
         else:
-            advantages, critic_metrics = self.critic.update(step, rewards, values, rb.arrays(), put=self._put)
+            advantages, critic_metrics = self.critic.update(step, rewards, values, rb.arrays(), put=self._put,
+                                                            old_logp=old_logp, ref_logp=ref_logp)
             update_metrics.update(critic_metrics)
         # The rollout arrays already on device replace rb's host copies; the advantages go up once.
         update_batch = self._put({**rb.update_batch(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages),
                                   **arrays})
-        jax.block_until_ready(old_logp)
+        # perf/ref_s: the old/reference log-prob (and critic value) passes' time NOT hidden behind scoring.
+        jax.block_until_ready((old_logp, ref_logp, values))
         t_ref = time.time()
         if self.critic is None or step > self.critic.warmup_steps:
             self.state, actor_metrics = self.update_fn(self.state, update_batch)
             update_metrics.update(distributed.to_host(actor_metrics))
+        self._check_finite(step, update_metrics)
         t_update = time.time()
+        compiles.stop()
         metrics = self._step_metrics(rewards, texts, result, update_metrics)
-        if self.settings.recompute_old_logp:  # Sampler vs trainer log-prob mismatch (verl's top complaint).
+        metrics["perf/compiles"] = float(compiles.count)
+        metrics.update(reward_metrics, **sampling_metrics, **{"reward/score_mean": float(np.mean(scores))})
+        # Sampler vs trainer log-prob mismatch (verl's top complaint).
+        if old_logp is not None and self.settings.recompute_old_logp:
             mask = rb.response_mask > 0
             diff = np.abs(distributed.to_host(old_logp) - rb.rollout_logp)
             metrics["rollout/logp_abs_diff"] = float(diff[mask].mean())
@@ -256,27 +294,94 @@ class RLLoop:
         return distributed.allgather_rows(local)
 
     def _score(self, texts, answers) -> np.ndarray:
-        if self.settings.reward == "none":
-            return np.zeros(len(texts), np.float32)
-        return np.asarray(self.score_fn(texts, answers), np.float32)
+        return np.asarray(self.reward.score(texts, answers), np.float32)
 
-    def _advantages(self, rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    def _shape_rewards(self, scores: np.ndarray, result, batch) -> tuple[np.ndarray, dict]:
+        """The reward's global phase (length terms, history) on the whole batch, identical everywhere."""
+        keys = [problem_key(ex.question, ex.answer) for ex in batch.examples for _ in range(self.rollout.n)]
+        rewards, metrics = self.reward.shape(scores, np.asarray(result.response_lengths), keys)
+        return np.asarray(rewards, np.float32), metrics
+
+    def _advantages(self, rewards: np.ndarray, group_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         estimator = get_advantage_estimator(self.settings.advantage)
-        if self.settings.advantage == "grpo":
-            return np.asarray(estimator(rewards, group_ids, norm_by_std=self.settings.norm_by_std))
-        return np.asarray(estimator(rewards, group_ids))
+        accepted = inspect.signature(estimator).parameters
+        # Options an estimator takes by name: GRPO's std switch, REINFORCE++'s token-weighted whitening.
+        options = {"norm_by_std": self.settings.norm_by_std, "token_counts": lengths}
+        return np.asarray(estimator(rewards, group_ids, **{k: v for k, v in options.items() if k in accepted}))
+
+    def _generate(self, batch, step: int, round_index: int = 0):
+        """The rollout of `batch`; round r > 0 of dynamic sampling gets its own seed."""
+        prompt_ids = [self._prompt_ids(ex) for ex in batch.examples]
+        seed = self.settings.seed * 1_000_003 + step
+        if round_index:
+            seed = (seed + round_index * 104_729_851) % (2**31 - 1)
+        return self.generate_fn(
+            self.state.params, self.model_cfg, prompt_ids, max_new_tokens=self.rollout.max_new_tokens,
+            temperature=self.rollout.temperature, top_p=self.rollout.top_p, top_k=self.rollout.top_k,
+            stop_token_ids=self.rollout.stop_token_ids, n=self.rollout.n, seed=seed, **self.rollout.extra_kwargs(),
+        )
+
+    def _filtered_rollout(self, step: int, first):
+        """DAPO dynamic sampling: rounds of rollouts until `batch_size` groups with unequal scores.
+
+        Stops early when a round keeps no group although it repeats its problems (1-shot / k-shot
+        training once the examples are solved, or never solved): each problem already failed to give
+        an informative group several times, so more rounds of the same problems would only spin. It
+        says so and trains on the batch as drawn. A batch of distinct problems keeps drawing.
+        """
+        pool = GroupPool(len(first), self.rollout.n, self.rollout.pad_id)
+        for round_index in range(self.settings.max_sampling_rounds):
+            batch = first if round_index == 0 else self.prompts.resample(step - 1, round_index)
+            result = self._generate(batch, step, round_index)
+            texts = self.tokenizer.batch_decode([list(t) for t in result.tokens], skip_special_tokens=True)
+            kept = pool.add(batch, result, texts, self._score_slice(texts, batch))
+            repeats = len({(e.question, e.answer) for e in batch.examples}) < len(batch.examples)
+            if pool.full or (kept == 0 and repeats):
+                break
+        out = pool.assemble(first.step, first.epoch)
+        saturated = not pool.kept
+        if saturated and not self._saturated:
+            self.console.message(
+                f"step {step}: dynamic sampling found every group's scores equal (saturated) in "
+                f"{pool.rounds} round(s); training on the batch as drawn (its group advantages are zero)")
+        self._saturated = saturated
+        return out
 
     def _check_finite(self, step: int, update_metrics: dict) -> None:
+        """Stops (or, with on_nonfinite="skip", reports) a step whose loss or gradient is non-finite.
+
+        The update skips such optimizer steps itself (state unchanged), so on "stop" the current
+        params and optimizer state are the last good ones: they are checkpointed as step - 1 (when
+        every optimizer step of this update was skipped) before NonFiniteError is raised, and the
+        step's own checkpoint is never written.
+        """
         if all(bool(v) for k, v in update_metrics.items() if k.endswith("finite")):
             return
-        # The update function kept the previous state; save it as the last good checkpoint.
-        self.checkpointer.save(step - 1, self._checkpoint_state(), self._host_state(step - 1), force=True)
-        self.checkpointer.wait()
-        bad = {k: float(v) for k, v in update_metrics.items() if np.ndim(v) == 0 and not np.isfinite(v)}
+        shown = {k: float(v) for k, v in update_metrics.items()
+                 if np.ndim(v) == 0 and (k.split("/")[-1] in _NONFINITE_REPORT or not np.isfinite(v))}
+        values = ", ".join(f"{k}={v:g}" for k, v in sorted(shown.items()))
+        if self.settings.on_nonfinite == "skip":
+            self.console.message(f"step {step}: non-finite loss or gradient ({values}); update skipped")
+            return
+        where = self._save_last_good(step, update_metrics)
         raise NonFiniteError(
-            f"non-finite loss or gradient at step {step} ({bad or 'gradient'}); training stopped. "
-            f"The last good state is checkpointed at step {step - 1} in {self.checkpointer.directory}."
-        )
+            f"non-finite loss or gradient at step {step} ({values}); training stopped. {where} "
+            f"(config.trainer.on_nonfinite='skip' skips such steps instead)")
+
+    def _save_last_good(self, step: int, update_metrics: dict) -> str:
+        """Checkpoints the unchanged state as step - 1 when it is that; says where the last good state is."""
+        # Every optimizer step skipped (actor and critic): the state is exactly the pre-step one.
+        pairs = [(v, update_metrics.get(k[: -len("num_skipped")] + "num_steps"))
+                 for k, v in update_metrics.items() if k.endswith("num_skipped")]
+        skipped_all = all(steps is not None and float(skipped) == float(steps) for skipped, steps in pairs)
+        latest = self.checkpointer.latest_step()
+        if skipped_all and latest != step - 1:
+            self.checkpointer.save(step - 1, self._checkpoint_state(), self._host_state(step - 1), force=True)
+            latest = step - 1
+        self.checkpointer.wait()
+        if latest is None:
+            return "No checkpoint was written."
+        return f"The last good state is checkpoint step {latest} in {self.checkpointer.directory}."
 
     def _step_metrics(self, rewards, texts, result, update_metrics) -> dict[str, Any]:
         metrics = {(k if "/" in k else f"actor/{_METRIC_NAMES.get(k, k)}"): float(v)

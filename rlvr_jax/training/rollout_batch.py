@@ -53,7 +53,8 @@ class RolloutBatch:
 
     def update_batch(self, *, old_logp, ref_logp, advantages) -> dict[str, Any]:
         """The dict the update step consumes (see `rlvr_jax.training.update`)."""
-        batch = {**self.arrays(), "old_logp": old_logp, "advantages": np.asarray(advantages, np.float32)}
+        batch = {**self.arrays(), "old_logp": old_logp, "advantages": np.asarray(advantages, np.float32),
+                 "rollout_logp": self.rollout_logp}
         if ref_logp is not None:
             batch["ref_logp"] = ref_logp
         return batch

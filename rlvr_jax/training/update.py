@@ -19,6 +19,12 @@ Actor (GRPO or PPO) batch keys, all with rows sharded along `ACT_BATCH`:
   old_logp       [B, R]   f32     rollout-policy log-probs (`compute_logprobs`, same temperature)
   advantages     [B] or [B, R] f32  per-sequence (GRPO) or per-token (GAE) advantages
   ref_logp       [B, R]   f32     reference log-probs; only read when `use_kl_loss`
+  rollout_logp   [B, R]   f32     the sampler's own log-probs; only read when `tis_cap > 0`
+
+With `max_tokens_per_micro_batch` the same batch is packed on the host (`packing.py`) into rows of real
+tokens, per mini-batch, and micro-batches hold a token budget; losses, denominators and metrics are the
+padded ones (log-probs come back in the `[b, R]` layout). With `fuse_old_logp` (one epoch, one
+mini-batch) `old_logp` is this forward's own, under a stop-gradient, and the batch may omit it.
 
 Critic (PPO) batch keys: input_ids, attention_mask, response_mask, old_values [B, R] and
 returns [B, R] (see `critic.py`). Other keys are ignored, so one dict can feed both.
@@ -31,13 +37,16 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator
+from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator, truncated_is_weights
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import critic as critic_lib
+from rlvr_jax.training import packing
 from rlvr_jax.training.logprobs import response_logprobs
 from rlvr_jax.training.rows import constrain_rows, split_rows
 from rlvr_jax.training.state import (
@@ -55,8 +64,8 @@ ACTOR_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_logp", 
 # with the mini-batch denominator are shares: they add up. Anything else is a token-mean over the
 # micro-batch and is re-weighted by its token count.
 _SUM_KEYS = frozenset({"loss", "pg_loss", "entropy", "kl", "vf_loss", "num_tokens"})
-_MIN_KEYS = frozenset({"ratio_min"})
-_MAX_KEYS = frozenset({"ratio_max"})
+_MIN_KEYS = frozenset({"ratio_min", "tis_weight_min"})
+_MAX_KEYS = frozenset({"ratio_max", "tis_weight_max"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +77,10 @@ class UpdateConfig:
       mini_batch_size: rows per optimizer step; None: the whole batch (one step per epoch).
       micro_batch_size: rows per forward/backward (gradient accumulation); None: the mini-batch.
         For sharded runs make it a multiple of the data x fsdp mesh size.
+      policy_loss: registered policy loss (`algorithms.POLICY_LOSSES`: vanilla | gspo | cispo).
       clip_low, clip_high, clip_c: PPO clip range (DAPO clip-higher) and dual-clip constant.
+      tis_cap: truncated importance sampling cap C (0: off): the policy loss is weighted per token by
+        `min(exp(old_logp - rollout_logp), C)`, the sampler-vs-trainer correction.
       entropy_coeff: weight of the entropy bonus (`loss -= entropy_coeff * entropy`).
       kl_coef, kl_kind, use_kl_loss: KL-to-reference loss (k3 = "low_var_kl"); off: no ref needed.
       agg_mode: loss aggregation (`algorithms.AGG_MODES`), shared by all terms.
@@ -77,11 +89,17 @@ class UpdateConfig:
       logprob_chunk: response positions per float32 logits block.
       shuffle: permute rows every epoch (from the state's rng) before splitting mini-batches.
       cliprange_value: value-loss clip range (critic updates only).
+      max_tokens_per_micro_batch: pack sequences into rows of real tokens, this many tokens per
+        micro-batch (`packing.py`; `micro_batch_size` is then unused); None: padded rows. Actor only.
+      fuse_old_logp: take the old log-probs from the update's own forward (stop-gradient) instead of
+        the batch's `old_logp`; exact only with one epoch and one mini-batch (checked per call).
     """
 
     ppo_epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
+    policy_loss: str = "vanilla"
+    tis_cap: float = 0.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float | None = None
@@ -95,6 +113,8 @@ class UpdateConfig:
     logprob_chunk: int = 256
     shuffle: bool = False
     cliprange_value: float = 0.5
+    max_tokens_per_micro_batch: int | None = None
+    fuse_old_logp: bool = False
 
     def __post_init__(self):
         self.actor_loss_config()  # validates modes, estimator and clip constants
@@ -106,16 +126,35 @@ class UpdateConfig:
             raise ValueError("ppo_epochs and logprob_chunk must be >= 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or None, got {self.max_tokens_per_micro_batch}")
+        if self.max_tokens_per_micro_batch and self.shuffle:
+            raise ValueError("packing plans mini-batches on the host: shuffle=True is not supported with it")
+        if self.fuse_old_logp and self.ppo_epochs != 1:
+            raise ValueError(f"fuse_old_logp needs ppo_epochs == 1 (got {self.ppo_epochs}): later epochs' "
+                             "policy is no longer the rollout policy")
 
     def actor_loss_config(self) -> ActorLossConfig:
         return ActorLossConfig(
-            clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
+            policy_loss=self.policy_loss, clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
             entropy_coeff=self.entropy_coeff, kl_coef=self.kl_coef if self.use_kl_loss else 0.0,
             kl_kind=self.kl_kind, agg=self.agg_mode, max_len=self.max_response_len,
         )
 
+    def mini_batches(self, batch_size: int) -> int:
+        """Mini-batches (optimizer steps) per epoch for a batch of `batch_size` rows."""
+        mini = self.mini_batch_size or batch_size
+        if batch_size % mini:
+            raise ValueError(f"batch {batch_size} must be a multiple of mini_batch_size {mini}")
+        if self.fuse_old_logp and mini != batch_size:
+            raise ValueError(f"fuse_old_logp needs one mini-batch per step: batch {batch_size}, mini_batch_size {mini}")
+        return batch_size // mini
+
     def split_sizes(self, batch_size: int) -> tuple[int, int]:
         """(mini-batches per epoch, micro-batches per mini-batch) for a batch of `batch_size` rows."""
+        self.mini_batches(batch_size)
         mini = self.mini_batch_size or batch_size
         micro = self.micro_batch_size or mini
         if batch_size % mini or mini % micro:
@@ -127,22 +166,34 @@ class UpdateConfig:
 
 
 def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Callable:
-    """`(params, micro_batch, denom) -> (loss, metrics)` for the policy, on one micro-batch."""
+    """`(params, micro_batch, denom) -> (loss, metrics)` for the policy, on one micro-batch.
+
+    A packed micro-batch (`segment_ids` among its keys, see `packing.py`) runs the packed forward;
+    both give log-probs in the padded `[b, R]` response layout, so the objective is the same code.
+    """
     loss_cfg = ucfg.actor_loss_config()
 
     def loss_fn(params, mb, denom):
-        r = mb["response_mask"].shape[1]
-        logp, ent = response_logprobs(
-            params, cfg, mb["input_ids"], mb["attention_mask"], r, temperature=ucfg.temperature,
-            chunk=ucfg.logprob_chunk, with_entropy=True, sharder=sharder,
-        )
+        kw = dict(temperature=ucfg.temperature, chunk=ucfg.logprob_chunk, with_entropy=True, sharder=sharder)
+        if "segment_ids" in mb:
+            logp, ent = packing.packed_logprobs(
+                params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["resp_index"], **kw)
+        else:
+            r = mb["response_mask"].shape[1]
+            logp, ent = response_logprobs(params, cfg, mb["input_ids"], mb["attention_mask"], r, **kw)
         if ucfg.entropy_coeff == 0:
             ent = jax.lax.stop_gradient(ent)  # logged only: skip its backward pass
+        # One epoch, one mini-batch: the rollout policy IS the current one, so its log-probs are this
+        # forward's (no separate pass); the stop-gradient keeps the ratio's gradient that of exp(logp - c).
+        old_logp = jax.lax.stop_gradient(logp) if ucfg.fuse_old_logp else mb["old_logp"]
+        is_weights, tis_metrics = None, {}
+        if ucfg.tis_cap > 0:  # Truncated IS: the trainer's old policy vs the sampler that drew the tokens.
+            is_weights, tis_metrics = truncated_is_weights(old_logp, mb["rollout_logp"], mb["response_mask"], ucfg.tis_cap)
         loss, metrics = actor_loss(
-            logp, mb["old_logp"], mb["advantages"], mb["response_mask"], loss_cfg,
-            entropy=ent, ref_logp=mb.get("ref_logp"), denom=denom,
+            logp, old_logp, mb["advantages"], mb["response_mask"], loss_cfg,
+            entropy=ent, ref_logp=mb.get("ref_logp"), is_weights=is_weights, denom=denom,
         )
-        metrics = dict(metrics, loss=jax.lax.stop_gradient(loss))
+        metrics = dict(metrics, **tis_metrics, loss=jax.lax.stop_gradient(loss))
         if "kl_loss" in metrics:
             metrics["kl"] = metrics.pop("kl_loss")
         return loss, metrics
@@ -186,6 +237,12 @@ def _combine_steps(m: dict) -> dict:
 def _accumulate_grads(loss_fn, params, micros: dict, denom, param_sh, n_micro: int):
     """Sum of gradients and stacked metrics over micro-batches (`micros` leaves `[n_micro, mb, ...]`)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if n_micro == 1:  # nothing to accumulate: no zeros tree and no scan (a params-sized buffer less)
+        (_, metrics), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micros), denom)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        if param_sh is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        return grads, jax.tree.map(lambda m: m[None], metrics)
     # Accumulate in float32 whatever the param dtype: bf16 sums of many micro-batches lose bits.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     if param_sh is not None:
@@ -225,6 +282,15 @@ def _batch_metrics(batch: dict, ppo_epochs: int) -> dict:
     return out
 
 
+def _optimizer_step(state: TrainState, grads, metrics: dict, tx, schedule):
+    """One AdamW step from a mini-batch's summed gradients, skipped when the loss or gradient is not finite."""
+    grad_norm = optax.tree.norm(grads)  # global L2 norm, before clipping
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    lr = schedule(state.step)
+    state = apply_gradients(state, grads, tx, skip=~finite)
+    return state, dict(metrics, grad_norm=grad_norm, lr=jnp.asarray(lr, jnp.float32), finite=finite)
+
+
 def _make_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, n_micro: int, sharder, param_sh):
     """The un-jitted `(state, batch) -> (state, metrics)` program."""
 
@@ -232,12 +298,7 @@ def _make_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, n_micro: 
         denom = aggregation_denominator(mb["response_mask"], ucfg.agg_mode, ucfg.max_response_len)
         micros = {k: constrain_rows(sharder, split_rows(v, n_micro), lead=1) for k, v in mb.items()}
         grads, stacked = _accumulate_grads(loss_fn, state.params, micros, denom, param_sh, n_micro)
-        metrics = _combine_micro(stacked)
-        grad_norm = optax.tree.norm(grads)  # global L2 norm, before clipping
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        lr = schedule(state.step)
-        state = apply_gradients(state, grads, tx, skip=~finite)
-        return state, dict(metrics, grad_norm=grad_norm, lr=jnp.asarray(lr, jnp.float32), finite=finite)
+        return _optimizer_step(state, grads, _combine_micro(stacked), tx, schedule)
 
     def step(state: TrainState, batch: dict):
         rng, shuffle_rng = jax.random.split(state.rng)
@@ -288,6 +349,106 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
     return update
 
 
+# Per-sequence batch arrays a packed micro-batch gathers into its slots (padded response layout).
+_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp")
+
+
+def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
+    """A packed micro-batch: its plan rows plus the batch's per-sequence arrays gathered to its `[rows * S]` slots."""
+    flat = plan_mb["seq_index"].reshape(-1)
+    mb = {k: plan_mb[k] for k in packing.PLAN_KEYS if k != "seq_index"}
+    mb.update({k: jnp.take(batch[k], flat, axis=0) for k in _SLOT_KEYS if k in batch})
+    valid = plan_mb["slot_valid"].reshape(-1, 1)
+    mb["response_mask"] = jnp.where(valid, mb["response_mask"], 0)  # empty slots count nowhere
+    return mb
+
+
+def _accumulate_packed(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
+    """`_accumulate_grads` over packed micro-batches (`plan_m` leaves `[M, rows, ...]`); empty ones are skipped."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if param_sh is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
+
+    def compute(mb):
+        (_, metrics), grads = grad_fn(params, mb, denom)
+        return jax.tree.map(lambda g: g.astype(jnp.float32), grads), metrics
+
+    def body(acc, plan_mb):
+        mb = _packed_micro_inputs(batch, plan_mb)
+        grads, metrics = packing.skip_if_empty(mb["slot_valid"], compute, mb)
+        used = jnp.any(mb["slot_valid"])  # a skipped micro-batch must not win a min / max
+        metrics = {k: (jnp.where(used, v, jnp.inf) if k in _MIN_KEYS else
+                       jnp.where(used, v, -jnp.inf) if k in _MAX_KEYS else v) for k, v in metrics.items()}
+        acc = jax.tree.map(jnp.add, acc, grads)
+        if param_sh is not None:
+            acc = jax.lax.with_sharding_constraint(acc, param_sh)
+        return acc, metrics
+
+    return jax.lax.scan(body, zeros, plan_m)
+
+
+def _make_packed_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, sharder, param_sh):
+    """The un-jitted `(state, batch, plan) -> (state, metrics)` program on packed rows (no shuffle)."""
+
+    def step(state: TrainState, batch: dict, plan: dict):
+        rng, _ = jax.random.split(state.rng)  # as the padded step, so both leave the same state
+        masks = split_rows(batch["response_mask"], n_mini)  # the same strided mini-batches as padded
+        denoms = jax.vmap(lambda m: aggregation_denominator(m, ucfg.agg_mode, ucfg.max_response_len))(masks)
+        plan_g = {k: packing.micro_major(v, sharder) for k, v in plan.items()}  # [G, M, rows, ...]
+
+        def mini_step(state, xs):
+            plan_m, denom = xs
+            grads, stacked = _accumulate_packed(loss_fn, state.params, batch, plan_m, denom, param_sh)
+            return _optimizer_step(state, grads, _combine_micro(stacked), tx, schedule)
+
+        def epoch(state, _):
+            return jax.lax.scan(mini_step, state, (plan_g, denoms))
+
+        state, stacked = jax.lax.scan(epoch, state, None, length=ucfg.ppo_epochs)
+        metrics = _combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
+        metrics.update(_batch_metrics(batch, ucfg.ppo_epochs))
+        return state.replace(rng=rng), metrics
+
+    return step
+
+
+def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder, logical_axes):
+    """`update(state, batch)` that plans packed rows on the host, then runs a jitted packed step."""
+    tx, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
+    cache = {}
+
+    def update(state: TrainState, batch: dict):
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"update batch lacks {missing}; needs {list(keys)}")
+        ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
+        b, r = batch["response_mask"].shape
+        n_mini = ucfg.mini_batches(b)
+        plan = packing.plan_packing(
+            ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
+            max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
+        )
+        batch = {k: jnp.asarray(batch[k]) for k in keys}
+        key = (b, plan.tokens.shape[0])
+        if key not in cache:
+            if sharder is None:
+                step = _make_packed_step(loss_fn, ucfg, tx, schedule, n_mini, None, None)
+                cache[key] = jax.jit(step, donate_argnums=0)
+            else:
+                state_sh = state_shardings(state.params, logical_axes, opt_cfg, sharder)
+                step = _make_packed_step(loss_fn, ucfg, tx, schedule, n_mini, sharder, state_sh.params)
+                rows, plan_rows = (sharder.sharding((shd.ACT_BATCH,), (n,)) for n in key)  # prefix specs
+                cache[key] = jax.jit(step, in_shardings=(state_sh, rows, plan_rows),
+                                     out_shardings=(state_sh, sharder.replicated()), donate_argnums=0)
+        state, metrics = cache[key](state, batch, packing.put_plan(plan, sharder))
+        # Real tokens over the token slots the passes computed (1.0 = no padding at all).
+        fill = ucfg.ppo_epochs * plan.real_tokens / max(ucfg.ppo_epochs * plan.computed_tokens, 1)
+        return state, dict(metrics, pack_fill=jnp.asarray(fill, jnp.float32))
+
+    return update
+
+
 def make_update_fn(
     cfg: ModelConfig, update_cfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder: shd.Sharder | None = None
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -304,11 +465,16 @@ def make_update_fn(
       `pg_loss`, `entropy`, `kl` (with `use_kl_loss`), `clipfrac`, `clipfrac_lower`, `approx_kl`,
       `ratio_mean/min/max`, `grad_norm` (pre-clip), `lr`, `adv_mean/std/min/max`,
       `num_tokens` (forward+backward tokens, all epochs), `num_response_tokens`, `num_steps`,
-      `num_skipped` and `finite` (1.0 iff every step had a finite loss and gradient).
+      `num_skipped` and `finite` (1.0 iff every step had a finite loss and gradient); packed updates add
+      `pack_fill` (real tokens / token slots computed). With `fuse_old_logp` the batch needs no `old_logp`.
     """
-    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ())
+    keys = ACTOR_BATCH_KEYS + (("ref_logp",) if update_cfg.use_kl_loss else ()) + (
+        ("rollout_logp",) if update_cfg.tis_cap > 0 else ())
+    if update_cfg.fuse_old_logp:
+        keys = tuple(k for k in keys if k != "old_logp")
     loss_fn = make_actor_loss_fn(cfg, update_cfg, sharder)
-    return _build_update(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
+    build = _build_packed_update if update_cfg.max_tokens_per_micro_batch else _build_update
+    return build(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
 
 
 def make_critic_update_fn(

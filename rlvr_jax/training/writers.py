@@ -1,18 +1,19 @@
-"""Run outputs: metrics.jsonl, TensorBoard events, samples.jsonl and console step lines.
+"""Run outputs: the configured metric loggers (metrics.jsonl, TensorBoard, wandb) and console step lines.
 
 Only process 0 writes (on multi-host runs every process holds the same reduced metrics).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from rlvr_jax.training.loggers import DEFAULT_LOGGERS, RunInfo, make_loggers
 
 
 def _jsonable(value: Any) -> Any:
@@ -24,52 +25,42 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per call to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+    """Sends each step's metrics, eval scores and sample rows to the configured loggers.
 
-    def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True):
+    Args:
+      workdir: the run directory (created).
+      enabled: False on every process but 0 (nothing is written).
+      tensorboard: without `loggers`: jsonl plus TensorBoard (True) or jsonl alone.
+      loggers: logger names from `rlvr_jax.training.loggers.LOGGERS` (`trainer.loggers`).
+      run: run name, resolved config and wandb project for loggers that record them.
+    """
+
+    def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True,
+                 loggers: Sequence[str] | None = None, run: RunInfo | None = None):
         self.workdir = pathlib.Path(workdir)
         self.enabled = enabled
-        self._tb = None
-        if enabled:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.workdir / "metrics.jsonl", "a", buffering=1)
-            self._samples = open(self.workdir / "samples.jsonl", "a", buffering=1)
-            if tensorboard:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        if loggers is None:
+            loggers = DEFAULT_LOGGERS if tensorboard else ("jsonl",)
+        self._loggers = make_loggers(loggers, self.workdir, run) if enabled else []
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._metrics.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, step)
+        row = {k: _jsonable(v) for k, v in metrics.items()}
+        for logger in self._loggers:
+            logger.log(int(step), row)
 
     def write_samples(self, step: int, samples: Iterable[dict[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        for sample in samples:
-            row = {"step": int(step), **{k: _jsonable(v) for k, v in sample.items()}}
-            self._samples.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = [{k: _jsonable(v) for k, v in sample.items()} for sample in samples]
+        for logger in self._loggers:
+            logger.log_samples(int(step), rows)
 
     def flush(self) -> None:
-        if self.enabled:
-            self._metrics.flush()
-            self._samples.flush()
-            if self._tb is not None:
-                self._tb.flush()
+        for logger in self._loggers:
+            logger.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self.flush()
-            self._metrics.close()
-            self._samples.close()
-            if self._tb is not None:
-                self._tb.close()
+        for logger in self._loggers:
+            logger.close()
+        self._loggers = []
 
 
 class ConsoleLog:

@@ -1,0 +1,202 @@
+"""Continuous batching, host side: admits pending samples into free decode slots between segments.
+
+The queue holds every sample `(prompt, sample index)` in prompt-major order. Each round:
+  1. harvest slots whose sample finished (copy its tokens out, free the slot);
+  2. plan the shapes: while samples are pending the slot count stays fixed; once the queue is empty
+     and at most a quarter of the slots are live, the live ones are compacted into a quarter as
+     many slots (the long tail of RL lengths then runs on a smaller program). The cache window is the
+     bucketed length the live rows can reach within one segment (`buckets.bucket_length`);
+  3. refill: the next pending samples take the free slots, their distinct prompts prefilled once;
+  4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
+Shapes are bucketed (slots: powers of two times the mesh's batch shards; windows and prompt lengths:
+`2^k` or `3 * 2^k`), so a run compiles a handful of programs, cached across calls.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import jax
+import numpy as np
+
+from rlvr_jax import sharding as shd
+from rlvr_jax.distributed import to_host
+from rlvr_jax.sampling import buckets, engine
+from rlvr_jax.sampling.progress import ProgressBar
+
+# Decode steps per segment at most: long enough to amortise the host round trip (a device sync and
+# a few small programs), short enough that the window tracks the longest live row closely.
+SEGMENT_STEPS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static settings of one `run` (see `api.generate` for the meaning of each)."""
+
+    n: int
+    max_new_tokens: int
+    slots: int  # decode slots (already bucketed to a multiple of the batch shards)
+    multiple: int  # batch shards of the mesh: every slot and prefill count is a multiple of it
+    min_prompt_bucket: int
+    cache_dtype: str
+    steps: int = SEGMENT_STEPS
+
+
+@dataclasses.dataclass
+class Stats:
+    """Schedule counters of one `run` (for benchmarks).
+
+    Attributes:
+      segments, refills: device programs of each kind run. decode_steps: decode steps run (all slots).
+      slot_steps: decode steps x slots computed. tokens: tokens of the finished samples, `samples` of
+        them (each sample's first token comes from the prefill, the others from decode steps).
+    """
+
+    segments: int = 0
+    refills: int = 0
+    decode_steps: int = 0
+    slot_steps: int = 0
+    tokens: int = 0
+    samples: int = 0
+
+    def utilisation(self) -> float:
+        """Fraction of computed slot-steps that produced a token of a running sample."""
+        return (self.tokens - self.samples) / max(self.slot_steps, 1)
+
+
+def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progress: bool = True,
+        stats: Stats | None = None) -> dict:
+    """Samples `len(prompts) * plan.n` rows by continuous batching.
+
+    Args:
+      params: params pytree (placed by the caller). cfg: its ModelConfig.
+      prompts: token-id lists (non-empty).
+      plan: shapes and sizes. sample: `controls`, `seed`, `temperature`, `top_p`, `stop_ids`.
+      sharder: mesh + rules; slots are split over the batch axes.
+      progress: show a bar of rows finished / total with tokens/s.
+      stats: optional counters, filled in.
+
+    Returns:
+      numpy `tokens` int32 `[N, t]`, `logprobs` float32 `[N, t]`, `lengths` int32 `[N]`, `stopped` bool `[N]`.
+    """
+    stats = stats if stats is not None else Stats()
+    t, n_rows = plan.max_new_tokens, len(prompts) * plan.n
+    out = dict(tokens=np.zeros((n_rows, t), np.int32), logprobs=np.zeros((n_rows, t), np.float32),
+               lengths=np.zeros((n_rows,), np.int32), stopped=np.zeros((n_rows,), bool))
+    pending = collections.deque(range(n_rows))
+    dparams = engine.unstack_params(params, cfg=cfg)
+    slot_row = np.full(plan.slots, -1, np.int64)  # global row held by each slot, -1 = free
+    fill = np.zeros(plan.slots, np.int64)
+    state = None
+    with ProgressBar(n_rows, enabled=progress) as bar:
+        while True:
+            take = [pending.popleft() for _ in range(min(len(pending), int(np.sum(slot_row < 0))))]
+            state, slot_row, fill = _shape(state, cfg, prompts, plan, slot_row, fill, take, pending, sharder)
+            if take:
+                state, slot_row, fill = _refill(params, cfg, state, prompts, plan, sample, slot_row, fill, take,
+                                                sharder)
+                stats.refills += 1
+            if np.all(slot_row < 0):
+                break
+            state = engine.segment(dparams, state, np.int32(_refill_at(plan, slot_row, pending)), *_traced(sample),
+                                   cfg=cfg, controls=sample["controls"], steps=plan.steps, sharder=sharder)
+            snap = to_host({k: state[k] for k in ("done", "fill", "count")})
+            stats.segments += 1
+            steps_run = int(np.max(snap["fill"] - fill, initial=0))
+            stats.decode_steps += steps_run
+            stats.slot_steps += len(slot_row) * steps_run
+            finished = (slot_row >= 0) & snap["done"]
+            if not (take or finished.any() or not np.array_equal(snap["fill"], fill)):
+                raise RuntimeError("rollout scheduler made no progress (a bug): no slot advanced or finished")
+            fill = snap["fill"].astype(np.int64)
+            if finished.any():
+                stats.tokens += _harvest(state, slot_row, finished, out)
+                stats.samples += int(finished.sum())
+                slot_row[finished] = -1
+                bar.update(int(finished.sum()), int(out["lengths"].sum()))
+    return out
+
+
+def _traced(sample: dict) -> tuple:
+    return (np.uint32(sample["seed"]), np.float32(sample["temperature"]), np.float32(sample["top_p"]),
+            sample["stop_ids"])
+
+
+def _refill_at(plan: Plan, slot_row, pending) -> int:
+    """Done slots at which a segment returns: enough free slots to be worth a refill or a compaction."""
+    s = len(slot_row)
+    if pending:
+        return max(1, min(len(pending), s // 8))
+    return s - _compact_below(s, plan.multiple)
+
+
+def _compact_below(s: int, multiple: int) -> int:
+    """Live rows at or below which `s` slots are compacted (to a quarter or fewer); 0 = never."""
+    quarter = s // 4
+    return quarter if quarter >= 1 and buckets.bucket_count(quarter, multiple=multiple) * 4 <= s else 0
+
+
+def _harvest(state, slot_row, finished, out) -> int:
+    """Copies finished samples to `out`; returns their token count."""
+    host = to_host({k: state[k] for k in ("out_tok", "out_lp", "count", "stopped")})
+    slots = np.nonzero(finished)[0]
+    rows = slot_row[slots]
+    out["tokens"][rows] = host["out_tok"][slots]
+    out["logprobs"][rows] = host["out_lp"][slots]
+    out["lengths"][rows] = host["count"][slots]
+    out["stopped"][rows] = host["stopped"][slots]
+    return int(host["count"][slots].sum())
+
+
+def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, sharder):
+    """Compacts slots once the queue is drained, and fits the window to the rows about to run."""
+    s = len(slot_row)
+    live = np.nonzero(slot_row >= 0)[0]
+    if not pending and 0 < len(live) + len(take) <= _compact_below(s, plan.multiple):
+        s = buckets.bucket_count(len(live) + len(take), multiple=plan.multiple)
+    plen = lambda r: len(prompts[r // plan.n])
+    reach = [min(fill[i] + plan.steps, plen(slot_row[i]) + plan.max_new_tokens - 1) for i in live]
+    reach += [buckets.bucket_length(max(plen(r) for r in take), minimum=plan.min_prompt_bucket)] if take else []
+    reach += [min(plen(r) + plan.steps, plen(r) + plan.max_new_tokens - 1) for r in take]
+    window = buckets.bucket_length(max(reach, default=1), minimum=plan.min_prompt_bucket)
+    if state is not None and window <= (current := state["cache"][0]["k"].shape[2]) < 2 * window:
+        window = current  # shrink only by half or more: fewer copies and programs for a few % of reads
+    if state is None:
+        state = engine.init_state(cfg=cfg, slots=s, window=window, max_new_tokens=plan.max_new_tokens,
+                                  cache_dtype=plan.cache_dtype, sharder=sharder)
+    elif s != len(slot_row) or window != state["cache"][0]["k"].shape[2]:
+        src = np.arange(len(slot_row)) if s == len(slot_row) else np.concatenate([live, np.full(s - len(live), -1)])
+        state = engine.reshape(state, src.astype(np.int32), window=window, sharder=sharder)
+        keep = src >= 0
+        slot_row = np.where(keep, slot_row[np.maximum(src, 0)], -1)
+        fill = np.where(keep, fill[np.maximum(src, 0)], 0)
+    return state, slot_row, fill
+
+
+def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fill, take, sharder):
+    """Prefills the distinct prompts of the samples `take` once and inserts each sample into a free slot."""
+    ids_m = sorted({r // plan.n for r in take})
+    m = buckets.bucket_count(len(ids_m), multiple=plan.multiple)
+    p = buckets.bucket_length(max(len(prompts[i]) for i in ids_m), minimum=plan.min_prompt_bucket)
+    ids_mp = np.zeros((m, p), np.int32)
+    len_m = np.ones((m,), np.int32)  # bucket padding: one pad token, so no row is empty
+    for j, i in enumerate(ids_m):
+        ids_mp[j, :len(prompts[i])], len_m[j] = prompts[i], len(prompts[i])
+    ids_dev = ids_mp if sharder is None else jax.device_put(ids_mp, sharder.sharding((shd.ACT_BATCH, None), (m, p)))
+    prefix, logits_mv = engine.prefill(params, ids_dev, len_m, cfg=cfg, cache_dtype=plan.cache_dtype,
+                                       sharder=sharder)
+    r = buckets.bucket_count(len(take))
+    free = np.nonzero(slot_row < 0)[0][:len(take)]
+    slot_r = np.full(r, len(slot_row), np.int32)  # padding entries point past the last slot: dropped
+    src_r, row_r = np.zeros(r, np.int32), np.zeros(r, np.int32)
+    where = {i: j for j, i in enumerate(ids_m)}
+    slot_r[:len(take)], row_r[:len(take)] = free, take
+    src_r[:len(take)] = [where[x // plan.n] for x in take]
+    state = engine.insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, *_traced(sample),
+                          controls=sample["controls"], sharder=sharder)
+    slot_row = slot_row.copy()
+    slot_row[free] = take
+    fill = fill.copy()
+    fill[free] = len_m[src_r[:len(take)]]
+    return state, slot_row, fill

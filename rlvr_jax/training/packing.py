@@ -1,0 +1,292 @@
+"""Sequence packing for the log-prob and update passes: compute on real tokens, in token-budget micro-batches.
+
+The padded layout (`logprobs.py`) gives every sequence `P + R` slots; on long-tailed RL lengths most of
+them are padding. Here each sequence's real tokens (prompt + response, `attention_mask == 1`, in order)
+are laid end to end in rows of `row_len` tokens, chosen by first-fit-decreasing (deterministic: ties
+broken by batch index). Each token carries a segment id (1, 2, ... per sequence of its row, 0 for row
+padding) and its RoPE position within its own sequence; attention is block-diagonal causal
+(`transformer.decoder_stack_packed`). A micro-batch gives every device at most `max_tokens_per_micro_batch`
+tokens (`row_layout`), so micro-batches hold a token budget, not a row count.
+
+Shapes are bucketed so a run compiles a handful of programs: `row_len` is a power of two (>= the
+longest sequence), sequence slots per row `S` and micro-batches per group `M` are powers of two.
+Micro-batches past the last real one are skipped at run time (`lax.cond`), so the bucket costs nothing.
+
+Plan arrays (host NumPy) have leading `[rows, G, M]`: row within a micro-batch (sharded along the batch
+mesh axes, so every device computes its own rows), group (the update's mini-batch; 1 for log-prob
+passes), micro-batch. Results come back in the padded `[B, R]` response layout through two indices:
+`resp_index [.., S, R]` (row slot whose hidden state predicts response token t of slot s) and
+`seq_index [.., S]` (the batch row each slot holds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import sharding as shd
+from rlvr_jax.models import transformer
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.training.logprobs import logprobs_from_hidden
+
+# Rows never shorter than this (when the budget allows): below ~256 tokens a row's t x t attention costs
+# little next to its matmuls, and short rows would leave most bins holding one sequence.
+MIN_ROW_LEN = 256
+
+PLAN_KEYS = ("tokens", "positions", "segment_ids", "resp_index", "seq_index", "slot_valid")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
+    """Bins (lists of item indices) of total length <= capacity; longest items first, ties by index.
+
+    Raises:
+      ValueError: an item longer than `capacity`.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.size and lengths.max() > capacity:
+        raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit a row of {capacity}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    free = np.zeros(len(lengths), np.int64)  # at most one bin per item
+    bins: list[list[int]] = []
+    for i in order:
+        fits = np.flatnonzero(free[: len(bins)] >= lengths[i])
+        if fits.size:
+            j = int(fits[0])
+        else:
+            j = len(bins)
+            bins.append([])
+            free[j] = capacity
+        bins[j].append(i)
+        free[j] -= lengths[i]
+    return bins
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedPlan:
+    """Where every sequence of a batch sits in packed rows (see the module docstring for the layout).
+
+    Attributes:
+      tokens, positions, segment_ids: `[rows, G, M, T]` int32.
+      resp_index: `[rows, G, M, S, R]` int32; 0 where response token t does not exist.
+      seq_index: `[rows, G, M, S]` int32 batch row of each slot (0 for empty slots).
+      slot_valid: `[rows, G, M, S]` bool.
+      real_tokens: real tokens packed (all groups). micro_batches: `[G]` micro-batches in use per group.
+    """
+
+    tokens: np.ndarray
+    positions: np.ndarray
+    segment_ids: np.ndarray
+    resp_index: np.ndarray
+    seq_index: np.ndarray
+    slot_valid: np.ndarray
+    real_tokens: int
+    micro_batches: tuple[int, ...]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in PLAN_KEYS}
+
+    @property
+    def computed_tokens(self) -> int:
+        """Token slots the forward passes compute (micro-batches in use x rows x row_len)."""
+        rows, _, _, t = self.tokens.shape
+        return sum(self.micro_batches) * rows * t
+
+
+def _bucket(n: int) -> int:
+    """Smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) >= n: <= 33% waste."""
+    p = _pow2(n)
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
+
+
+def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int, bins: int | None = None):
+    """`(row_len, rows per micro-batch)` for a batch whose longest sequence has `longest` tokens.
+
+    The budget is per device (like verl's `ppo_max_token_len_per_gpu`): a micro-batch has `row_multiple`
+    (the batch-sharding device count) times at most `max(1, budget // row_len)` rows, and no more than
+    the bucketed rows `bins` filled rows need. `row_len` is the power of two >= `longest`, and at
+    least `MIN_ROW_LEN` when the budget allows; a sequence longer than the budget still gets one row
+    per device (the budget is then exceeded, never the sequence cut).
+    """
+    if max_tokens_per_micro_batch < 1 or row_multiple < 1:
+        raise ValueError("max_tokens_per_micro_batch and row_multiple must be >= 1")
+    row_len = max(_pow2(longest), min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2))
+    per_device = max(1, max_tokens_per_micro_batch // row_len)
+    if bins is not None:
+        per_device = min(per_device, _bucket(math.ceil(bins / row_multiple)))
+    return row_len, per_device * row_multiple
+
+
+def plan_packing(
+    input_ids, attention_mask, response_len: int, *, groups=None, max_tokens_per_micro_batch: int,
+    row_multiple: int = 1,
+) -> PackedPlan:
+    """Packs the sequences of a padded batch into token-budget micro-batches (host, deterministic).
+
+    Args:
+      input_ids, attention_mask: `[B, P+R]` padded batch (prompt left-padded, response right-padded).
+      response_len: R.
+      groups: sequences packed separately (the update's mini-batches), a list of index arrays; default
+        one group of all rows.
+      max_tokens_per_micro_batch: token budget of one micro-batch per device (`row_layout`).
+      row_multiple: devices sharing the batch; each gets the same number of rows per micro-batch.
+
+    Raises:
+      ValueError: a sequence with response tokens but no real prompt token (nothing predicts its first
+        response token), or a row budget below 1.
+    """
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask) > 0
+    b, length = ids.shape
+    p = length - response_len
+    if p < 1:
+        raise ValueError(f"need at least one prompt slot: sequence {length}, response {response_len}")
+    no_prompt = ~mask[:, :p].any(axis=1) & mask[:, p:].any(axis=1)
+    if no_prompt.any():
+        raise ValueError(f"rows {np.flatnonzero(no_prompt)[:8].tolist()} have response tokens but no prompt token")
+    groups = [np.arange(b)] if groups is None else [np.asarray(g) for g in groups]
+    lengths = mask.sum(axis=1)
+    row_len, _ = row_layout(int(lengths.max(initial=1)), max_tokens_per_micro_batch, row_multiple)
+    bins = [[[int(g[i]) for i in bin_] for bin_ in first_fit_decreasing(lengths[g], row_len)] for g in groups]
+    _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins))
+    m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
+    s = _pow2(max([len(bin_) for bg in bins for bin_ in bg] or [1]))
+    shape = (rows, len(groups), m)
+    out = {k: np.zeros(shape + (row_len,), np.int32) for k in ("tokens", "positions", "segment_ids")}
+    resp_index = np.zeros(shape + (s, response_len), np.int32)
+    seq_index = np.zeros(shape + (s,), np.int32)
+    slot_valid = np.zeros(shape + (s,), bool)
+    offsets = np.cumsum(mask, axis=1) - 1  # packed offset of each slot within its own sequence
+    for g, bg in enumerate(bins):
+        for j, bin_ in enumerate(bg):
+            at = (j % rows, g, j // rows)
+            start = 0
+            for slot, i in enumerate(bin_):
+                n = int(lengths[i])
+                out["tokens"][at][start : start + n] = ids[i][mask[i]]
+                out["positions"][at][start : start + n] = np.arange(n)
+                out["segment_ids"][at][start : start + n] = slot + 1
+                # Response token t (slot p + t) is predicted by the real token just before it.
+                resp_index[at][slot] = np.where(mask[i, p:], start + offsets[i, p:] - 1, 0)
+                seq_index[at][slot], slot_valid[at][slot] = i, True
+                start += n
+    micro = tuple(math.ceil(len(bg) / rows) for bg in bins)
+    return PackedPlan(**out, resp_index=resp_index, seq_index=seq_index, slot_valid=slot_valid,
+                      real_tokens=int(lengths.sum()), micro_batches=micro)
+
+
+def batch_shards(sharder: shd.Sharder | None) -> int:
+    """Devices the batch rows are split over (the mesh axes `ACT_BATCH` maps to); 1 without a sharder."""
+    if sharder is None:
+        return 1
+    axes = dict(sharder.rules).get(shd.ACT_BATCH) or ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(sharder.mesh.shape[a] for a in axes)
+
+
+def packed_logprobs(
+    params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, resp_index_rsr, *, temperature: float,
+    chunk: int, with_entropy: bool, sharder=None,
+):
+    """Differentiable log-probs (and entropy) of the response tokens of one packed micro-batch.
+
+    Args:
+      tokens_rt, positions_rt, segment_ids_rt: `[rows, T]` packed rows. resp_index_rsr: `[rows, S, R]`.
+      temperature, chunk, with_entropy, sharder: as `logprobs.logprobs_from_hidden`.
+
+    Returns:
+      `(logp, entropy or None)`, float32 `[rows * S, R]` in the padded response layout (slots holding
+      no token carry finite garbage).
+    """
+    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt.astype(jnp.int32), positions_rt, segment_ids_rt,
+                                      sharder=sharder)
+    w_dv = transformer.lm_head_kernel(params, cfg).astype(h_rtd.dtype)
+    # Position j predicts the token at j + 1 (across a segment boundary the target is never read).
+    targets_rt = jnp.concatenate([tokens_rt[:, 1:], jnp.zeros_like(tokens_rt[:, :1])], axis=1)
+    logp_rt, ent_rt = logprobs_from_hidden(h_rtd, w_dv, targets_rt, temperature=temperature, chunk=chunk,
+                                           with_entropy=with_entropy, sharder=sharder)
+    rows, s, r = resp_index_rsr.shape
+    to_resp = lambda x: jnp.take_along_axis(x, resp_index_rsr.reshape(rows, s * r), axis=1).reshape(rows * s, r)  # noqa: E731
+    return to_resp(logp_rt), (to_resp(ent_rt) if with_entropy else None)
+
+
+def micro_major(x, sharder=None, group: int | None = None):
+    """Plan leaf `[rows, G, M, ...]` -> `[M, rows, ...]` of one group (or `[G, M, rows, ...]`), rows sharded."""
+    if group is not None:
+        x = jnp.moveaxis(x[:, group], 0, 1)
+        return shd.constrain(sharder, x, (None, shd.ACT_BATCH) + (None,) * (x.ndim - 2))
+    x = jnp.moveaxis(x, 0, 2)
+    return shd.constrain(sharder, x, (None, None, shd.ACT_BATCH) + (None,) * (x.ndim - 3))
+
+
+def skip_if_empty(slot_valid, fn, *args):
+    """`fn(*args)`, or zeros of its output when the micro-batch holds no sequence (bucket padding)."""
+    out_shape = jax.eval_shape(fn, *args)
+    zeros = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)  # noqa: E731
+    return jax.lax.cond(jnp.any(slot_valid), fn, zeros, *args)
+
+
+def put_plan(plan: PackedPlan, sharder=None) -> dict:
+    """The plan's arrays on device, rows (axis 0) split along the batch mesh axes."""
+    from rlvr_jax import distributed
+
+    return distributed.put_rows(plan.arrays(), sharder) if sharder is not None else plan.arrays()
+
+
+@functools.lru_cache(maxsize=64)
+def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
+    """A jitted `(params, plan arrays, response_mask [B, R]) -> {"logp", ["entropy"]}` (shapes: jit's cache)."""
+
+    def run(params, plan, response_mask):
+        b, r = response_mask.shape
+        xs = {k: micro_major(v, sharder, group=0) for k, v in plan.items()}
+
+        def micro(carry, mb):
+            def compute(mb):
+                logp, ent = packed_logprobs(
+                    params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["resp_index"],
+                    temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder,
+                )
+                return {"logp": logp} if ent is None else {"logp": logp, "entropy": ent}
+
+            return carry, skip_if_empty(mb["slot_valid"], compute, mb)
+
+        _, out = jax.lax.scan(micro, None, xs)  # leaves [M, rows * S, R]
+        # Scatter slots back to their batch rows; empty slots go to a spare row B that is dropped.
+        dest = jnp.where(xs["slot_valid"], xs["seq_index"], b).reshape(-1)
+        valid = response_mask > 0
+        return {k: jnp.where(valid, jnp.zeros((b + 1, r), v.dtype).at[dest].set(v.reshape(-1, r))[:b], 0.0)
+                for k, v in out.items()}
+
+    return jax.jit(run)
+
+
+def compute_logprobs_packed(
+    params, cfg: ModelConfig, batch: dict, *, temperature: float = 1.0, max_tokens_per_micro_batch: int,
+    chunk: int = 512, with_entropy: bool = False, sharder: shd.Sharder | None = None,
+) -> dict:
+    """`logprobs.compute_logprobs` on packed rows: same inputs and outputs, computed on real tokens only.
+
+    Args:
+      batch: `input_ids`, `attention_mask` `[B, P+R]` and `response_mask` `[B, R]` (host or device).
+      max_tokens_per_micro_batch: token budget of one forward pass, per device.
+      Others: as `compute_logprobs`.
+
+    Returns:
+      `{"logp": [B, R] float32}` (+ `"entropy"`), zero where `response_mask` is 0.
+    """
+    from rlvr_jax import distributed
+
+    ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
+    r = batch["response_mask"].shape[1]
+    plan = plan_packing(ids, attn, r, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
+                        row_multiple=batch_shards(sharder))
+    fn = _packed_logprob_program(cfg, float(temperature), int(chunk), bool(with_entropy), sharder)
+    return fn(params, put_plan(plan, sharder), jnp.asarray(batch["response_mask"]))
