@@ -7,7 +7,7 @@ from rlvr_jax.data.batching import PromptIterator
 from rlvr_jax.data.datasets import Example
 from rlvr_jax.sampling.api import RolloutResult
 from rlvr_jax.training import dynamic_sampling as ds
-from rlvr_jax.training.rl_loop import LoopSettings, RLLoop
+from rlvr_jax.training.rl_loop import LoopSettings, RLLoop, RunOutputs, StepFns
 from rlvr_jax.training.rollout_batch import RolloutSettings
 
 PAD = 0
@@ -51,8 +51,8 @@ def _loop(examples, batch_size=2, n=2, rounds=10):
     loop = RLLoop(model_cfg=None, state=type("S", (), {"params": None})(), ref_params=None, tokenizer=Tokenizer(),
                   prompts=PromptIterator(examples, batch_size, seed=3), rollout=RolloutSettings(n=n, pad_id=PAD),
                   settings=LoopSettings(total_steps=2, dynamic_sampling=True, max_sampling_rounds=rounds),
-                  update_fn=None, logprob_fn=None, score_fn=score_fn, checkpointer=None, writer=None,
-                  console=Console(), generate_fn=fake_generate)
+                  fns=StepFns(generate=fake_generate, logprobs=None, update=None, score=score_fn),
+                  outputs=RunOutputs(checkpointer=None, writer=None, console=Console()))
     loop._prompt_ids = lambda ex: [1] * int(ex.question[1:]) + [100 + int(ex.question[1:])]
     return loop
 

@@ -119,7 +119,7 @@ def test_wandb_resumed_run_keeps_its_id(tmp_path, offline):
 def test_missing_wandb_and_unknown_logger_are_clear(monkeypatch):
     sys.path.insert(0, str(REPO))
     from configs import tiny
-    from launch import config_check
+    from rlvr_jax.experiment import validation as config_check
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
     with pytest.raises(ImportError, match=r'pip install -e "\.\[wandb\]"'):

@@ -146,27 +146,12 @@ def test_fused_old_logp_equals_separate_pass(params, budget):
         _run(params, fused_batch, dataclasses.replace(ucfg, fuse_old_logp=True, mini_batch_size=4))
 
 
-def _tiny(**overrides):
-    """configs/tiny.py without progress bars or async saves, with dotted-key overrides."""
-    from configs import tiny
-
-    c = tiny.get_config()
-    c.trainer.progress = False
-    c.trainer.async_checkpoint = False
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
 def test_training_run_packed_equals_padded(tmp_path):
     """launch/train.py on configs/tiny.py with actor.packing true vs false: the same metrics."""
     import json
 
-    from launch.train import train
+    from rlvr_jax.experiment import train
+    from tests.test_train_e2e import _tiny
 
     runs = {}
     for packed in (True, False):
@@ -185,7 +170,7 @@ def test_training_run_packed_equals_padded(tmp_path):
 
 def test_dry_run_memory_plan_follows_the_token_budget():
     from configs import qwen15b_1shot
-    from launch.memory_plan import memory_plan
+    from rlvr_jax.experiment import memory_plan
 
     c = qwen15b_1shot.get_config()
     key = "activations (one micro-batch, remat)"

@@ -2,6 +2,7 @@
 
 from rlvr_jax.training.critic import (
     CRITIC_BATCH_KEYS,
+    CriticRunner,
     compute_values,
     critic_abstract_params,
     critic_logical_axes,
@@ -32,6 +33,7 @@ __all__ = [
     "ACTOR_BATCH_KEYS",
     "BATCH_KEYS",
     "CRITIC_BATCH_KEYS",
+    "CriticRunner",
     "SCHEDULES",
     "OptimizerConfig",
     "PackedPlan",

@@ -5,7 +5,7 @@ them are padding. Here each sequence's real tokens (prompt + response, `attentio
 are laid end to end in rows of `row_len` tokens, chosen by first-fit-decreasing (deterministic: ties
 broken by batch index). Each token carries a segment id (1, 2, ... per sequence of its row, 0 for row
 padding) and its RoPE position within its own sequence; attention is block-diagonal causal
-(`transformer.decode_packed`). A micro-batch gives every device at most `max_tokens_per_micro_batch`
+(`transformer.decoder_stack_packed`). A micro-batch gives every device at most `max_tokens_per_micro_batch`
 tokens (`row_layout`), so micro-batches hold a token budget, not a row count.
 
 Shapes are bucketed so a run compiles a handful of programs: `row_len` is a power of two (>= the
@@ -205,7 +205,7 @@ def packed_logprobs(
       `(logp, entropy or None)`, float32 `[rows * S, R]` in the padded response layout (slots holding
       no token carry finite garbage).
     """
-    h_rtd = transformer.decode_packed(params, cfg, tokens_rt.astype(jnp.int32), positions_rt, segment_ids_rt,
+    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt.astype(jnp.int32), positions_rt, segment_ids_rt,
                                       sharder=sharder)
     w_dv = transformer.lm_head_kernel(params, cfg).astype(h_rtd.dtype)
     # Position j predicts the token at j + 1 (across a segment boundary the target is never read).

@@ -47,7 +47,8 @@ from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import critic as critic_lib
 from rlvr_jax.training import packing
-from rlvr_jax.training.logprobs import constrain_rows, response_logprobs, split_rows
+from rlvr_jax.training.logprobs import response_logprobs
+from rlvr_jax.training.rows import constrain_rows, split_rows
 from rlvr_jax.training.state import (
     OptimizerConfig,
     TrainState,
