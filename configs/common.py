@@ -104,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.actor = ml_collections.ConfigDict()
     c.actor.lr = 1e-6  # Peak learning rate.
-    c.actor.schedule = "constant"  # constant | warmup_constant | cosine.
+    c.actor.schedule = "constant"  # constant | linear_warmup | cosine (rlvr_jax.training.state.SCHEDULES).
     c.actor.warmup_steps = 0  # Linear warm-up steps (optimizer steps).
     c.actor.b1 = 0.9  # AdamW beta1.
     c.actor.b2 = 0.999  # AdamW beta2.
