@@ -30,7 +30,8 @@ setup(
     name="rlvr_jax",
     version="0.1.0",
     description="1-shot RLVR (GRPO / PPO with verifiable rewards) for LLMs in JAX/Flax",
-    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    # `configs` too: `from configs import tiny` works in a notebook after `pip install -e .`.
+    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*", "configs"]),
     # The paper's six evaluation sets (~2 MB, MIT; provenance in rlvr_jax/evaluation/data/README.md).
     package_data={"rlvr_jax.data.builtin": ["*.jsonl"],
                   "rlvr_jax.evaluation": ["data/*/test.jsonl", "data/README.md", "data/LICENSE"]},

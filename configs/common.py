@@ -104,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.actor = ml_collections.ConfigDict()
     c.actor.lr = 1e-6  # Peak learning rate.
-    c.actor.schedule = "constant"  # constant | warmup_constant | cosine.
+    c.actor.schedule = "constant"  # constant | linear_warmup | cosine (rlvr_jax.training.state.SCHEDULES).
     c.actor.warmup_steps = 0  # Linear warm-up steps (optimizer steps).
     c.actor.b1 = 0.9  # AdamW beta1.
     c.actor.b2 = 0.999  # AdamW beta2.
@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.actor.grad_clip = 1.0  # Global-norm gradient clipping.
     c.actor.ppo_epochs = 1  # Passes over the rollout batch per step.
     c.actor.mini_batch_size = 0  # Sequences per optimizer step; 0 = the whole batch (one update per step).
-    c.actor.micro_batch_size = 8  # Sequences per forward/backward (gradient accumulation via lax.scan).
+    # Sequences per forward/backward (gradient accumulation via lax.scan); padded passes only (packing: budget).
+    c.actor.micro_batch_size = 8
     c.actor.policy_loss = "vanilla"  # vanilla (PPO-clip) | gspo (sequence ratio) | cispo (clipped IS weight).
     # Pack sequences (prompt + response, real tokens only) into rows with segment ids for the old/ref
     # log-prob passes and the update (verl's use_remove_padding + use_dynamic_bsz); exact, fewer FLOPs.

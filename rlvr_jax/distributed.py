@@ -1,5 +1,6 @@
 """Multi-process helpers: host copies of global arrays, row all-gathers, host data -> global arrays.
 
+`initialize` starts one (every process calls it first, before any other JAX call).
 A multi-process run (GPU hosts, TPU pods, or a CPU cluster with gloo collectives) runs the same
 SPMD programs on every process over *global* arrays whose shards live on other processes' devices.
 Three host <-> device crossings need care there, and these helpers make each one work the same way
@@ -17,6 +18,7 @@ in a single process:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -24,6 +26,28 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rlvr_jax import sharding as shd
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, auto: bool = False) -> None:
+    """Joins a multi-process run; a no-op for a single process.
+
+    Args:
+      coordinator_address: `host:port` of process 0 (a CPU cluster, GPU hosts); needs the other two.
+      num_processes, process_id: the run's process count and this process's index.
+      auto: `jax.distributed.initialize()` with auto-detection (TPU pods, SLURM); used when no
+        coordinator address is given.
+    """
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("a coordinator address needs num_processes and process_id")
+        if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+            # Cross-process collectives of the CPU backend (a CPU cluster, or the tests' fake devices);
+            # accelerator backends ignore it. Must be set before the backends start.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif auto:
+        jax.distributed.initialize()
 
 
 def is_multiprocess() -> bool:

@@ -11,8 +11,7 @@ from configs import smollm2_1shot_cpu  # noqa: E402
 
 
 def test_demo_config_two_steps(tmp_path, smollm2_dir, capsys):
-    from launch.config_check import validate
-    from launch.train import train
+    from rlvr_jax.experiment import train, validate
 
     c = smollm2_1shot_cpu.get_config()
     validate(c)  # The demo needs no argument: model.path unset -> the cached GGUF conversion.

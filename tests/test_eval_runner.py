@@ -190,22 +190,20 @@ def test_checkpoint_workdir_restores_trained_params(tmp_path, ppo):
     """A training workdir (checkpoints/ + config.json) evaluates its params; PPO nests them."""
     import jax
 
-    from launch import builders
-    from launch import eval as eval_launch
-    from rlvr_jax import models
+    from rlvr_jax import experiment, models
     from rlvr_jax.training import checkpoint, state
 
     config = _tiny_config([])
-    cfg = eval_launch.model_config(config)
+    cfg = experiment.model_config(config)
     params = models.init_params(cfg, jax.random.key(7))
     train_state = state.create_train_state(params, state.OptimizerConfig())
     saved = {"actor": train_state, "critic": {"head": np.ones(3)}} if ppo else train_state
     saver = checkpoint.Checkpointer(tmp_path / "checkpoints", save_every=1, async_save=False)
     saver.save(5, saved, {"epoch": 0}, force=True)
     saver.close()
-    builders.write_resolved_config(config, tmp_path)  # what launch/train.py writes
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))  # what a training run writes
     config.model.path = str(tmp_path)  # source stays "random": a workdir path wins
-    policy = eval_launch.load_policy(config, builders.build_sharder(config))
+    policy = experiment.load_policy(config, experiment.build_sharder(config))
     assert policy.source["step"] == 5 and policy.cfg == cfg
     for got, want in zip(jax.tree.leaves(policy.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -233,17 +231,17 @@ def test_real_sampler_runs_the_sampled_protocol(tokenizer, problems_file):
 
 
 def test_launch_settings_and_benchmark_list():
-    from launch import eval as eval_launch
+    from rlvr_jax import experiment
 
     config = _tiny_config(["a.jsonl"])
-    assert eval_launch.eval_settings(config).greedy is True  # validation: config.eval.greedy
+    assert experiment.eval_settings(config).greedy is True  # validation: config.eval.greedy
     config.eval.greedy = False
-    assert eval_launch.eval_settings(config).greedy is None  # each benchmark's own protocol
-    assert eval_launch.benchmark_list(config, None) == ["a.jsonl"]
-    assert eval_launch.benchmark_list(config, ["paper", "b.jsonl"]) == [
+    assert experiment.eval_settings(config).greedy is None  # each benchmark's own protocol
+    assert experiment.benchmark_list(config, None) == ["a.jsonl"]
+    assert experiment.benchmark_list(config, ["paper", "b.jsonl"]) == [
         *runner.PAPER_BENCHMARKS, "b.jsonl"]
     with pytest.raises(ValueError, match="benchmarks"):
-        eval_launch.benchmark_list(config, [])
+        experiment.benchmark_list(config, [])
 
 
 def test_launch_eval_end_to_end_tiny_model(problems_file, tmp_path):

@@ -151,7 +151,7 @@ def _helpers() -> dict:
     from rlvr_jax import distributed, sharding
     from rlvr_jax.data.batching import PromptBatch
     from rlvr_jax.data.datasets import Example
-    from rlvr_jax.training.rl_loop import LoopSettings, RLLoop
+    from rlvr_jax.training.rl_loop import LoopSettings, Placement, RLLoop, RunOutputs, StepFns
     from rlvr_jax.training.rollout_batch import RolloutSettings
 
     sharder = sharding.Sharder(sharding.make_mesh((1, 4, 1)))
@@ -168,9 +168,10 @@ def _helpers() -> dict:
         return [float(t[1:]) for t in texts]
 
     loop = RLLoop(model_cfg=None, state=None, ref_params=None, tokenizer=None, prompts=None,
-                  rollout=RolloutSettings(n=2), settings=LoopSettings(total_steps=1), update_fn=None,
-                  logprob_fn=None, score_fn=score_fn, checkpointer=None, writer=None, console=None,
-                  process_index=jax.process_index(), process_count=jax.process_count(), generate_fn=lambda: None)
+                  rollout=RolloutSettings(n=2), settings=LoopSettings(total_steps=1),
+                  fns=StepFns(generate=None, logprobs=None, update=None, score=score_fn),
+                  outputs=RunOutputs(checkpointer=None, writer=None, console=None),
+                  placement=Placement(None, jax.process_index(), jax.process_count()))
     examples = tuple(Example(question=f"q{i}", answer=f"a{i}") for i in range(4))
     batch = PromptBatch(examples, np.arange(4, dtype=np.int32), step=0, epoch=0)
     rewards = loop._score_slice([f"t{j}" for j in range(8)], batch)

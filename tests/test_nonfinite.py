@@ -15,7 +15,7 @@ import pytest
 from rlvr_jax.data.batching import PromptIterator
 from rlvr_jax.data.datasets import Example
 from rlvr_jax.training.checkpoint import Checkpointer
-from rlvr_jax.training.rl_loop import LoopSettings, NonFiniteError, RLLoop
+from rlvr_jax.training.rl_loop import LoopSettings, NonFiniteError, RLLoop, RunOutputs, StepFns
 from rlvr_jax.training.rollout_batch import RolloutSettings
 from rlvr_jax.training.writers import ConsoleLog, MetricsWriter
 
@@ -34,7 +34,8 @@ def _fake_generate(params, cfg, prompt_ids, *, n, **kwargs):
         response_ids=np.full((rows, RESPONSE_LEN), 2, np.int32),
         response_mask=np.ones((rows, RESPONSE_LEN), np.int32),
         logprob_array=np.full((rows, RESPONSE_LEN), -1.0, np.float32),
-        tokens=[[2] * RESPONSE_LEN] * rows, finish_reason=["stop"] * rows)
+        tokens=[[2] * RESPONSE_LEN] * rows, finish_reason=["stop"] * rows,
+        response_lengths=np.full(rows, RESPONSE_LEN, np.int32))
 
 
 def _fake_update(bad_steps):
@@ -62,10 +63,10 @@ def _loop(tmp_path, *, bad_steps, save_every, on_nonfinite="stop", total_steps=4
         prompts=PromptIterator(examples, 1, seed=0), rollout=RolloutSettings(n=N, max_new_tokens=RESPONSE_LEN),
         settings=LoopSettings(total_steps=total_steps, eval_before_train=False, log_samples=0,
                               recompute_old_logp=False, on_nonfinite=on_nonfinite),
-        update_fn=_fake_update(bad_steps), logprob_fn=None,
-        score_fn=lambda texts, answers: np.ones(len(texts), np.float32), checkpointer=checkpointer,
-        writer=MetricsWriter(tmp_path, enabled=True), console=ConsoleLog(total_steps, stream=stream),
-        generate_fn=_fake_generate)
+        fns=StepFns(generate=_fake_generate, logprobs=None, update=_fake_update(bad_steps),
+                    score=lambda texts, answers: np.ones(len(texts), np.float32)),
+        outputs=RunOutputs(checkpointer=checkpointer, writer=MetricsWriter(tmp_path, enabled=True),
+                           console=ConsoleLog(total_steps, stream=stream)))
     loop._prompt_ids = lambda example: [1, 1, 1]  # no tokenizer in this test
     return loop, checkpointer, stream
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import llama32_3b_1shot, qwen7b_1shot, qwen15b_1shot, r1_distill_qwen15b_1shot
-from launch import config_check
-from launch import eval as eval_launch
+from rlvr_jax import experiment as eval_launch
+from rlvr_jax.experiment import validation as config_check
 from rlvr_jax.data import build_prompt
 from rlvr_jax.data.datasets import Example
 from rlvr_jax.data.tokenizers import load_tokenizer, model_eos_ids, stop_token_ids

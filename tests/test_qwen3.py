@@ -125,7 +125,7 @@ def test_recipe_is_the_papers_on_qwen3_and_plans_memory(monkeypatch, tmp_path):
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from configs import qwen15b_1shot, qwen3_1p7b_1shot
-    from launch.memory_plan import memory_plan
+    from rlvr_jax.experiment import memory_plan
 
     monkeypatch.delenv("RLVR_JAX_QWEN3_1P7B", raising=False)
     c, paper = qwen3_1p7b_1shot.get_config(), qwen15b_1shot.get_config()
@@ -147,6 +147,7 @@ def test_recipe_is_the_papers_on_qwen3_and_plans_memory(monkeypatch, tmp_path):
     assert per_device["params (master)"] * n_dev >= 4 * presets.num_params(plan["model"])
 
 
+@pytest.mark.slow  # a launch/ subprocess on the tiny model
 def test_qwen3_trains_and_exports_like_qwen2(tmp_path):
     """launch/train.py on a random tiny Qwen3 (head_dim != hidden / heads), then export_hf -> transformers."""
     import os
@@ -165,9 +166,9 @@ def test_qwen3_trains_and_exports_like_qwen2(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["actor/grad_norm"]) for r in rows)
     sys.path.insert(0, str(repo))
-    from launch.export_hf import export
+    from rlvr_jax.experiment import export_hf
 
-    out = export(tmp_path, tmp_path / "hf")
+    out = export_hf(tmp_path, tmp_path / "hf")
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     assert type(model) is transformers.Qwen3ForCausalLM and model.config.head_dim == 24
     cfg, params = models.load_hf(out)

@@ -11,7 +11,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import qwen15b_1shot, tiny  # noqa: E402
-from launch import config_check  # noqa: E402
+from rlvr_jax.experiment import validation as config_check  # noqa: E402
 
 
 def _rows(workdir):
@@ -39,10 +39,11 @@ def _stub_verifier(texts, answers):
 
 @pytest.fixture
 def stub_reward(monkeypatch):
-    import launch.train as train_mod
+    from rlvr_jax.experiment import training_run
 
-    original = train_mod.build_reward
-    monkeypatch.setattr(train_mod, "build_reward", lambda config, scorer: original(config, _stub_verifier))
+    original = training_run.build_reward
+    monkeypatch.setattr(training_run, "build_reward",
+                        lambda name, score_fn=None, **kw: original(name, score_fn=_stub_verifier, **kw))
 
 
 def test_recipe_variants_configure_the_papers_settings():
@@ -84,7 +85,7 @@ def test_config_errors_name_the_key(key, value, match):
 
 
 def test_dapo_with_hapo_reward_resumes_exactly(tmp_path, stub_reward):
-    from launch.train import train
+    from rlvr_jax.experiment import train
 
     variant = "algo=dapo,reward=hapo"
     train(_tiny(variant, 3), tmp_path / "a")
@@ -107,7 +108,7 @@ def test_dapo_with_hapo_reward_resumes_exactly(tmp_path, stub_reward):
     ("algo=ppo", {}, "reward/kl"),
 ])
 def test_variant_trains_and_resumes(tmp_path, variant, overrides, expect):
-    from launch.train import train
+    from rlvr_jax.experiment import train
 
     train(_tiny(variant, 1, **overrides), tmp_path)
     resumed = train(_tiny(variant, 2, **overrides), tmp_path)

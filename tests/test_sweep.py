@@ -67,22 +67,21 @@ class ParamsDependentGenerate:
 @pytest.fixture
 def run_dir(tmp_path):
     """A training workdir: config.json and checkpoints at STEPS, the params of step s marked with s."""
-    from launch import builders
-    from launch import eval as eval_launch
     from configs import tiny
+    from rlvr_jax import experiment
     from rlvr_jax import models
     from rlvr_jax.training import state
 
     config = tiny.get_config()
     config.trainer.progress = False
-    cfg = eval_launch.model_config(config)
+    cfg = experiment.model_config(config)
     saver = checkpoint.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=0, async_save=False)
     for step in STEPS:
         params = models.init_params(cfg, jax.random.key(step))
         params["norm"]["scale"] = params["norm"]["scale"] * 0 + step
         saver.save(step, state.create_train_state(params, state.OptimizerConfig()), {"step": step}, force=True)
     saver.close()
-    builders.write_resolved_config(config, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))  # what a training run writes
     problems = tmp_path / "toy.jsonl"
     problems.write_text("".join(json.dumps({"problem": f"Q{p}: what is {p} times 7?", "answer": str(7 * p)}) + "\n"
                                 for p in range(N_PROBLEMS)))
@@ -91,12 +90,12 @@ def run_dir(tmp_path):
 
 
 def test_sweep_scores_each_checkpoint_and_resumes(run_dir, tmp_path):
-    from launch import eval as eval_launch
+    from rlvr_jax import experiment
 
     config, problems = run_dir
     out = tmp_path / "sweep"
     fake = ParamsDependentGenerate()
-    result = eval_launch.run_sweep(config, "all", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
+    result = experiment.evaluate_checkpoints(config, "all", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
     assert result.steps == STEPS and result.evaluated == STEPS and sorted(set(fake.calls)) == list(STEPS)
     # Step s answers problems 0..s-1: accuracy min(s, 6) / 6, read from the right checkpoint each time.
     assert {s: result.scores[s]["toy"] for s in STEPS} == {s: min(s, N_PROBLEMS) / N_PROBLEMS for s in STEPS}
@@ -109,13 +108,14 @@ def test_sweep_scores_each_checkpoint_and_resumes(run_dir, tmp_path):
         assert json.loads((out / f"step_{step}" / "summary.json").read_text())["model"]["step"] == step
     # Resume: nothing to do; then a lost step is the only one evaluated again.
     fake.calls.clear()
-    again = eval_launch.run_sweep(config, "all", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
+    again = experiment.evaluate_checkpoints(config, "all", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
     assert again.evaluated == () and fake.calls == [] and again.scores == result.scores
     (out / "step_4" / "summary.json").unlink()
-    subset = eval_launch.run_sweep(config, "4,5", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
+    subset = experiment.evaluate_checkpoints(config, "4,5", benchmarks=[str(problems)], out_dir=str(out), generate_fn=fake)
     assert subset.evaluated == (4,) and set(fake.calls) == {4} and subset.steps == (4, 5)
 
 
+@pytest.mark.slow  # a launch/ subprocess on the tiny model
 def test_eval_cli_steps_all(run_dir, tmp_path):
     """The flag end to end (real sampler on the tiny model), with its progress bar."""
     config, problems = run_dir

@@ -1,4 +1,4 @@
-"""End-to-end: launch/train.py on the tiny config writes every output; config errors; recipe values.
+"""End-to-end: launch/train.py and `experiment.train` on the tiny config; config errors; recipe values.
 
 Interruption and resume are in test_resume.py; config variants and the dry run in test_train_variants.py.
 """
@@ -15,7 +15,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import common, qwen15b_1shot, tiny  # noqa: E402
-from launch import config_check  # noqa: E402
+from rlvr_jax import experiment  # noqa: E402
+from rlvr_jax.experiment import validation as config_check  # noqa: E402
 
 
 def _rows(workdir):
@@ -23,13 +24,17 @@ def _rows(workdir):
 
 
 def test_train_cli_writes_all_outputs(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # No XLA_FLAGS: the launch path itself gives XLA one CPU device per core, and the default
+    # (1, -1, 1) mesh spreads the batch over all of them.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     cmd = [sys.executable, str(REPO / "launch/train.py"), "--config=" + str(REPO / "configs/tiny.py"),
            f"--workdir={tmp_path}", "--config.trainer.total_steps=3", "--config.trainer.save_every=2",
            "--config.trainer.progress=False"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "step 3/3" in proc.stdout
+    assert f"mesh data=1 fsdp={os.cpu_count()} tensor=1 over {os.cpu_count()} cpu device(s)" in proc.stdout
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("reward/mean", "actor/entropy", "actor/kl", "actor/pg_clipfrac", "response/length_mean",
@@ -50,10 +55,9 @@ def _check_export(workdir):
     import torch
     import transformers
 
-    from launch.export_hf import export
     from rlvr_jax import models
 
-    out = export(workdir, workdir / "hf")
+    out = experiment.export_hf(workdir, workdir / "hf")
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     cfg, params = models.load_hf(out)
     ids = np.array([[257, 72, 105, 10, 258, 33]])
@@ -63,6 +67,34 @@ def _check_export(workdir):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert tok.decode(tok.encode("12.8")) == "12.8"
+
+
+def _tiny(**overrides):
+    c = tiny.get_config()
+    c.trainer.progress = False
+    c.trainer.async_checkpoint = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def test_host_devices_flag_only_where_it_applies():
+    from rlvr_jax import host_devices
+
+    env = {}
+    assert host_devices.use_all_cpu_cores(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count={os.cpu_count()}"
+    env = {"XLA_FLAGS": "--xla_cpu_foo=1", "JAX_PLATFORMS": "cpu"}
+    assert host_devices.use_all_cpu_cores(env) and env["XLA_FLAGS"].startswith("--xla_cpu_foo=1 --xla_force")
+    for env in ({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, {"JAX_PLATFORMS": "cuda"},
+                {"JAX_PLATFORMS": "tpu,cpu"}):
+        before = dict(env)
+        assert not host_devices.use_all_cpu_cores(env) and env == before
+    assert not host_devices.use_all_cpu_cores()  # jax is imported in this process: too late to change
 
 
 def test_config_errors_name_the_key():
@@ -76,6 +108,46 @@ def test_config_errors_name_the_key():
         config_check.validate(c)
     with pytest.raises(ValueError, match="unknown config variant"):
         tiny.get_config("lr=3")
+
+
+@pytest.mark.parametrize("key, registry", [
+    ("algorithm.name", "rlvr_jax.algorithms:ADVANTAGE_ESTIMATORS"),
+    ("actor.kl_kind", "rlvr_jax.algorithms:KL_ESTIMATORS"),
+    ("actor.agg_mode", "rlvr_jax.algorithms:AGG_MODES"),
+    ("actor.schedule", "rlvr_jax.training.state:SCHEDULES"),
+    ("data.template", "rlvr_jax.data.prompts:_TEMPLATES"),
+])
+def test_validation_takes_names_from_the_registries(key, registry):
+    """Every registered name passes (e.g. verl's "kl" / "mse"), an unregistered one names the key."""
+    import importlib
+
+    module, attr = registry.split(":")
+    names = list(getattr(importlib.import_module(module), attr))
+    assert names
+    section, leaf = key.split(".")
+    for name in names:
+        c = tiny.get_config()
+        c[section][leaf] = name
+        if name == "cosine":
+            c.actor.warmup_steps = 1
+        config_check.validate(c)
+    c = tiny.get_config()
+    c[section][leaf] = "not_registered"
+    with pytest.raises(config_check.ConfigError, match=rf"config\.{key}: got 'not_registered'.*{names[0]}"):
+        config_check.validate(c)
+
+
+def test_train_runs_from_python_and_build_exposes_the_pieces(tmp_path):
+    """`experiment.train(config, workdir)` from Python (no flags): 2 steps, then `build` resumes."""
+    out = experiment.train(_tiny(**{"trainer.total_steps": 2, "trainer.save_every": 1}), tmp_path)
+    assert [h["step"] for h in out["history"]] == [1, 2] and "reward/mean" in out["last"]
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
+    run = experiment.build(_tiny(**{"trainer.total_steps": 3}), tmp_path)
+    try:
+        assert run.start_step == 2 and int(run.state.step) == 2  # optimizer steps restored
+        assert run.settings.loop.total_steps == 3 and run.critic is None and run.ref_params is not None
+    finally:
+        run.close()
 
 
 def test_qwen15b_recipe_is_the_papers_and_needs_weights(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from rlvr_jax.evaluation.report import AVERAGE_ROW
 
-# Evaluates one checkpoint step, writing `<out_dir>/step_<N>/summary.json` (e.g. launch/eval.py's run_eval).
+# Evaluates one checkpoint step, writing `<out_dir>/step_<N>/summary.json` (e.g. `rlvr_jax.experiment.evaluate`).
 EvaluateStep = Callable[[int, pathlib.Path], Any]
 
 

@@ -3,7 +3,7 @@
 from rlvr_jax.models.config import ModelConfig, RopeScaling
 from rlvr_jax.models.hf_io import load_hf, save_hf
 from rlvr_jax.models.transformer import (
-    decode,
+    decoder_stack,
     forward,
     init_cache,
     init_params,
@@ -15,6 +15,6 @@ from rlvr_jax.models.transformer import (
 )
 
 __all__ = [
-    "ModelConfig", "RopeScaling", "load_hf", "save_hf", "decode", "forward", "init_cache", "init_params",
+    "ModelConfig", "RopeScaling", "load_hf", "save_hf", "decoder_stack", "forward", "init_cache", "init_params",
     "lm_head_kernel", "logits_from_hidden", "param_logical_axes", "param_shapes", "positions_from_mask",
 ]

@@ -43,6 +43,13 @@ REFUSED_MODEL_TYPES = {
 }
 
 
+# Attention kernels: "xla" (einsum, any backend), "cudnn" (jax.nn.dot_product_attention, GPU).
+ATTENTION_IMPLS = ("xla", "cudnn")
+# Per-layer rematerialisation modes of the backward pass (see transformer.decoder_stack).
+REMAT_MODES = ("none", "full", "dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 style frequency-dependent RoPE scaling ("rope_type": "llama3")."""
@@ -89,10 +96,10 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
-        if self.attention_impl not in ("xla", "cudnn"):
-            raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
 
     def replace(self, **kwargs) -> "ModelConfig":
         return dataclasses.replace(self, **kwargs)

@@ -4,7 +4,7 @@ Params mirror HF names (`layers/self_attn/q_proj/kernel`) so loading is a table;
 stacked along a leading `layers` axis and the stack is run with `lax.scan`, so compile time does not
 grow with depth. Kernels are stored `[in, out]` (transposed from torch's `[out, in]`).
 
-One function, `decode`, serves training (no cache), the reference model and sampling (with a KV cache).
+One function, `decoder_stack`, serves training (no cache), the reference model and sampling (with a KV cache).
 Attention masks are built from *slots* (index in the padded sequence) and a key-validity mask; RoPE
 uses separate *positions* (`cumsum(mask) - 1`), so left-padded prompts behave like unpadded ones.
 """
@@ -231,7 +231,7 @@ _REMAT_POLICIES = {
 }
 
 
-def decode(
+def decoder_stack(
     params: dict,
     cfg: ModelConfig,
     tokens_bt: jax.Array,
@@ -292,7 +292,7 @@ def segment_attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
 
     Segment id 0 marks row padding: it attends nowhere and nothing attends to it. This dense mask is
     the XLA path (cost `t^2` per row). Kernels that take segment ids directly (TPU splash attention's
-    `SegmentIds`, varlen flash attention on GPU) plug in at `decode_packed`, which holds the ids.
+    `SegmentIds`, varlen flash attention on GPU) plug in at `decoder_stack_packed`, which holds the ids.
     """
     seg = segment_ids_bt.astype(jnp.int32)
     t = seg.shape[1]
@@ -301,7 +301,7 @@ def segment_attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
     return same & causal[None]
 
 
-def decode_packed(
+def decoder_stack_packed(
     params: dict, cfg: ModelConfig, tokens_bt, positions_bt, segment_ids_bt, *, sharder=None
 ) -> jax.Array:
     """Final-normed hidden states `[b, t, d]` of packed rows (several sequences per row, no cache).
@@ -311,7 +311,7 @@ def decode_packed(
         of each token within its own sequence. segment_ids_bt: `[b, t]` 1, 2, ... per sequence, 0 = padding.
     """
     mask_bts = segment_attention_mask(segment_ids_bt)
-    h, _ = decode(params, cfg, tokens_bt, positions_bt, segment_ids_bt > 0, sharder=sharder,
+    h, _ = decoder_stack(params, cfg, tokens_bt, positions_bt, segment_ids_bt > 0, sharder=sharder,
                   attention_mask_bts=mask_bts)
     return h
 
@@ -331,7 +331,7 @@ def logits_from_hidden(params: dict, cfg: ModelConfig, h_btd: jax.Array) -> jax.
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))
 def _forward(params, cfg, input_ids, attention_mask, sharder=None):
-    h, _ = decode(params, cfg, input_ids, positions_from_mask(attention_mask), attention_mask, sharder=sharder)
+    h, _ = decoder_stack(params, cfg, input_ids, positions_from_mask(attention_mask), attention_mask, sharder=sharder)
     return logits_from_hidden(params, cfg, h)
 
 

@@ -1,6 +1,6 @@
 """The sampler's decode step: one new token per slot, layers unrolled, per-slot cache positions.
 
-`transformer.decode` is built for training: layers run in a `lax.scan` over stacked params, with the
+`transformer.decoder_stack` is built for training: layers run in a `lax.scan` over stacked params, with the
 per-layer caches as scan inputs and outputs. In a token-by-token loop that layout costs memory traffic
 that a decode step cannot afford (seen in the optimised HLO on CPU):
   * each layer's weights are `dynamic-slice`d out of the stack into a temporary before the matmul

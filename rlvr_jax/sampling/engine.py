@@ -2,7 +2,7 @@
 
 Continuous batching keeps a fixed number of decode *slots* (the `s` axis, sharded over the mesh's
 batch axes). The host loop in `scheduler` alternates:
-  1. `prefill`: runs each newly admitted *prompt* once (`transformer.decode`, right-padded to a
+  1. `prefill`: runs each newly admitted *prompt* once (`transformer.decoder_stack`, right-padded to a
      bucketed `[m, p]`) and returns its keys/values and the logits of its last prompt position;
   2. `insert`: copies a prompt's keys/values into each slot that takes one of its samples (a prompt
      with n samples is prefilled once and copied into n slots), draws each sample's first token;
@@ -106,7 +106,7 @@ def prefill(params, ids_mp, len_m, *, cfg: ModelConfig, cache_dtype: str, sharde
     mask_mp = jnp.arange(p)[None, :] < len_m[:, None]
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (m, p))
     cache = tfm.init_cache(cfg, m, p, dtype=cache_dtype)
-    h_mpd, cache = tfm.decode(params, cfg, ids_mp, positions, mask_mp, cache=cache, cache_index=0, sharder=sharder)
+    h_mpd, cache = tfm.decoder_stack(params, cfg, ids_mp, positions, mask_mp, cache=cache, cache_index=0, sharder=sharder)
     h_md = jnp.take_along_axis(h_mpd, (len_m - 1)[:, None, None], axis=1)[:, 0]
     return cache, tfm.logits_from_hidden(params, cfg, h_md)
 

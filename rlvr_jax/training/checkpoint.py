@@ -75,3 +75,37 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def restore_params(directory, abstract_params: Any, shardings: Any, step: int | None = None) -> tuple[Any, int]:
+    """Reads only the policy params of a trainer checkpoint: no optimizer state, no critic.
+
+    The trainer saves a `TrainState`, or `{"actor": TrainState, "critic": ...}` for PPO; both work.
+    `partial_restore` skips the optimizer moments (twice the params' size, and laid out by the
+    training run's optimizer settings) and the critic.
+
+    Args:
+      directory: the run's `checkpoints/` folder (`Checkpointer.directory`).
+      abstract_params: pytree of `jax.ShapeDtypeStruct` (e.g. `jax.eval_shape` of `init_params`).
+      shardings: matching pytree of `jax.sharding.Sharding` the params are placed with.
+      step: which step; the latest when omitted.
+
+    Returns:
+      `(params, step)`.
+    """
+    directory = pathlib.Path(directory)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint step {step} in {directory} (have {list(manager.all_steps())})")
+    restore_args = jax.tree.map(
+        lambda x, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=x.shape, dtype=x.dtype),
+        abstract_params, shardings)
+    nest = (lambda t: {"actor": t}) if "actor" in manager.item_metadata(step)["state"] else (lambda t: t)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=nest({"params": abstract_params}), restore_args=nest({"params": restore_args}),
+        partial_restore=True)))["state"]
+    manager.close()
+    params = restored["actor"]["params"] if "actor" in restored else restored["params"]
+    return params, int(step)

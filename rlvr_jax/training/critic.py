@@ -1,4 +1,4 @@
-"""PPO critic: a separate transformer backbone with a scalar value head.
+"""PPO critic: a separate transformer backbone with a scalar value head, and its step (`CriticRunner`).
 
 Choice: the critic is its *own* copy of the backbone (initialised from the policy or reference
 weights) plus a `[d, 1]` value head, trained by its own optimizer, as verl does. A value head on
@@ -6,7 +6,7 @@ the policy's backbone would be cheaper (one forward pass) but lets value-loss gr
 policy and ties both to one learning rate (verl uses 1e-6 for the actor, 1e-5 for the critic).
 
 Critic params are the model params without `lm_head`, plus `value_head: {kernel [d, 1], bias [1]}`;
-`transformer.decode` reads only the backbone keys, so the critic reuses the model code unchanged.
+`transformer.decoder_stack` reads only the backbone keys, so the critic reuses the model code unchanged.
 
 The value of response token `t` is read at the hidden state that predicts it (slot `P + t - 1`),
 the state *before* the token is emitted (verl's `values[:, -R-1:-1]`).
@@ -15,15 +15,19 @@ the state *before* the token is emitted (verl's `values[:, -R-1:-1]`).
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
-from rlvr_jax.algorithms import value_loss
+from rlvr_jax.algorithms import gae_advantages, kl_in_reward, outcome_rewards_to_tokens, value_loss
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.training import logprobs as lp
+from rlvr_jax.training.rows import map_micro_batches
 
 VALUE_HEAD = "value_head"
 CRITIC_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_values", "returns")
@@ -73,7 +77,7 @@ def _values_program(cfg, batch_size, micro_batch_size, sharder):
     def run(critic_params, input_ids, attention_mask, response_mask):
         r = response_mask.shape[1]
         micro = lambda ids, attn: response_values(critic_params, cfg, ids, attn, r, sharder=sharder)  # noqa: E731
-        values = lp.map_micro_batches(micro, (input_ids, attention_mask), micro_batch_size, sharder)
+        values = map_micro_batches(micro, (input_ids, attention_mask), micro_batch_size, sharder)
         return jnp.where(response_mask > 0, values, 0.0)
 
     if sharder is None:
@@ -121,3 +125,46 @@ def make_critic_loss_fn(cfg: ModelConfig, cliprange_value: float, agg: str, max_
         return loss, dict(metrics, vf_loss=jax.lax.stop_gradient(loss))
 
     return loss_fn
+
+
+class CriticRunner:
+    """PPO's critic: values of the rollout, GAE advantages and the clipped value-loss update.
+
+    Args:
+      state: critic `TrainState`. values_fn: `(critic_params, arrays) -> [N, R] values`.
+      update_fn: critic `update(state, batch) -> (state, metrics)`.
+      gamma, lam: GAE settings. warmup_steps: steps that train the critic only.
+    """
+
+    def __init__(self, state, values_fn, update_fn, *, gamma: float = 1.0, lam: float = 1.0, warmup_steps: int = 0,
+                 kl_coef: float = 0.0):
+        self.state, self.values_fn, self.update_fn = state, values_fn, update_fn
+        self.gamma, self.lam, self.warmup_steps = gamma, lam, warmup_steps
+        self.kl_coef = kl_coef  # k1 KL-in-reward coefficient (verl's use_kl_in_reward); 0 = off
+
+    def update(self, step: int, rewards: np.ndarray, values, arrays: dict,
+               put: Callable = lambda tree: tree, old_logp=None, ref_logp=None) -> tuple[np.ndarray, dict]:
+        """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages.
+
+        Args:
+          arrays: the rollout's host (numpy) arrays. put: places the critic batch on the mesh
+            (`RLLoop._put`); GAE itself runs on host copies, identical on every process.
+          old_logp, ref_logp: [N, R] rollout-policy and reference log-probs; with `kl_coef` > 0 the
+            k1 KL penalty is charged on the token rewards (`algorithms.kl_in_reward`).
+        """
+        mask = arrays["response_mask"]
+        values = distributed.to_host(values)
+        token_rewards = outcome_rewards_to_tokens(rewards, mask)
+        kl_metrics = {}
+        if self.kl_coef > 0:
+            if old_logp is None or ref_logp is None:
+                raise ValueError("KL-in-reward needs the rollout and reference log-probs (build the reference model)")
+            token_rewards, kl_metrics = kl_in_reward(token_rewards, distributed.to_host(old_logp),
+                                                     distributed.to_host(ref_logp), mask, self.kl_coef)
+        advantages, returns = gae_advantages(token_rewards, values, mask, gamma=self.gamma, lam=self.lam)
+        advantages, returns = np.asarray(advantages), np.asarray(returns)
+        batch = put({**arrays, "old_values": values, "returns": returns})
+        self.state, metrics = self.update_fn(self.state, batch)
+        metrics = {f"critic/{k}": v for k, v in distributed.to_host(metrics).items()}
+        metrics.update({f"reward/{k}": float(v) for k, v in kl_metrics.items()})  # verl: reward_kl_penalty
+        return advantages, metrics

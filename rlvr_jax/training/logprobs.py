@@ -27,32 +27,9 @@ from rlvr_jax import sharding as shd
 from rlvr_jax.algorithms import entropy_from_logits
 from rlvr_jax.models import transformer
 from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.training.rows import map_micro_batches
 
 BATCH_KEYS = ("input_ids", "attention_mask", "response_mask")
-
-
-def split_rows(x, n: int):
-    """`[B, ...] -> [n, B/n, ...]`, part `k` taking rows `k, k+n, k+2n, ...` (strided).
-
-    Strided parts keep every part spread evenly over the devices a batch-sharded array lives on
-    (row blocks stay local: the reshape and transpose need no communication), unlike contiguous
-    slices, which would put a whole micro-batch on a few devices.
-    """
-    b = x.shape[0]
-    if b % n:
-        raise ValueError(f"batch of {b} rows does not split into {n} equal parts")
-    return jnp.swapaxes(x.reshape(b // n, n, *x.shape[1:]), 0, 1)
-
-
-def merge_rows(x):
-    """Inverse of `split_rows`: `[n, B/n, ...] -> [B, ...]`."""
-    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def constrain_rows(sharder: shd.Sharder | None, x, lead: int = 0):
-    """Shards dimension `lead` of `x` along the batch mesh axes (identity without a sharder)."""
-    logical = (None,) * lead + (shd.ACT_BATCH,) + (None,) * (x.ndim - lead - 1)
-    return shd.constrain(sharder, x, logical)
 
 
 def response_hidden(params, cfg: ModelConfig, input_ids_bt, attention_mask_bt, response_len: int, *, sharder=None):
@@ -73,7 +50,7 @@ def response_hidden(params, cfg: ModelConfig, input_ids_bt, attention_mask_bt, r
         raise ValueError(f"need at least one prompt slot: sequence {t}, response {response_len}")
     mask = attention_mask_bt.astype(jnp.int32)
     positions = transformer.positions_from_mask(mask)
-    h_btd, _ = transformer.decode(params, cfg, input_ids_bt.astype(jnp.int32), positions, mask, sharder=sharder)
+    h_btd, _ = transformer.decoder_stack(params, cfg, input_ids_bt.astype(jnp.int32), positions, mask, sharder=sharder)
     return h_btd[:, prompt_len - 1 : t - 1]
 
 
@@ -140,27 +117,6 @@ def response_logprobs(
     return logprobs_from_hidden(
         h_brd, w_dv, targets_br, temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder
     )
-
-
-def map_micro_batches(fn, arrays: tuple, micro_batch_size: int | None, sharder=None):
-    """Applies `fn(*micro_arrays) -> pytree of [mb, ...]` sequentially over micro-batches.
-
-    Args:
-      fn: per-micro-batch function. arrays: `[B, ...]` arrays, split along rows (strided).
-      micro_batch_size: rows per call; None or >= B runs the whole batch at once.
-      sharder: optional; keeps each micro-batch sharded along the batch mesh axes.
-
-    Returns:
-      `fn`'s outputs re-assembled to `[B, ...]` in the original row order.
-    """
-    b = arrays[0].shape[0]
-    if not micro_batch_size or micro_batch_size >= b:
-        return fn(*arrays)
-    if b % micro_batch_size:
-        raise ValueError(f"batch size {b} is not a multiple of micro_batch_size {micro_batch_size}")
-    parts = tuple(constrain_rows(sharder, split_rows(x, b // micro_batch_size), lead=1) for x in arrays)
-    out = jax.lax.map(lambda xs: fn(*xs), parts)
-    return jax.tree.map(merge_rows, out)
 
 
 def params_shardings(cfg: ModelConfig, sharder: shd.Sharder, logical_axes=None, shapes=None):

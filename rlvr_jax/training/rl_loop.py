@@ -11,8 +11,9 @@ split work is scoring: each process verifies the responses of its slice of the p
 (`PromptBatch.shard`) and the rewards are all-gathered, so advantages and metrics are computed from
 identical data everywhere (only process 0 writes them).
 
-The loop owns no model code: it receives already-built pieces (sampler settings, update and log-prob
-functions, reward scorer, validation callable, checkpointer, writers) so each can be tested alone.
+The loop owns no model code: it receives already-built pieces, grouped in small bundles (`StepFns`:
+sampler, log-prob, update and reward functions; `RunOutputs`: checkpointer, writers, validation;
+`Placement`: mesh and processes), so each can be tested alone. `rlvr_jax.experiment` builds them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
 from rlvr_jax.rewards.registry import build_reward, problem_key
 from rlvr_jax.training import response_metrics
+from rlvr_jax.training.critic import CriticRunner
 from rlvr_jax.training.dynamic_sampling import GroupPool
 from rlvr_jax.training.rollout_batch import RolloutSettings, make_rollout_batch
 
@@ -85,27 +87,71 @@ class LoopSettings:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+    """The built functions one step calls (each testable alone).
+
+    Attributes:
+      generate: `sampling.generate`-like `(params, cfg, prompt_ids, **controls) -> GenerateResult`.
+      logprobs: `(params, arrays) -> [N, R]` per-token log-probs of the rollout's responses.
+      update: `(state, batch) -> (state, metrics)`, the jitted actor update.
+      score: `(responses, answers) -> [N]` verifier scores (the verifier pool's `score`).
+      reward: the training reward (`rewards.registry`): scoring then shaping; None builds
+        `LoopSettings.reward` around `score`.
+    """
+
+    generate: Callable
+    logprobs: Callable
+    update: Callable
+    score: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+    reward: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutputs:
+    """Where a step's results go: checkpoints, metrics / samples, console, periodic validation."""
+
+    checkpointer: Any
+    writer: Any
+    console: Any
+    validate: Callable | None = None  # `(params, step) -> {"eval/...": float}`; None: no validation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The mesh host batches are placed on, and this process's place among the run's processes."""
+
+    sharder: Any = None  # `rlvr_jax.sharding.Sharder`; None leaves host arrays where they are.
+    process_index: int = 0
+    process_count: int = 1
+
+
 class RLLoop:
-    """Runs `LoopSettings.total_steps` RL steps from the current state, resuming where it stopped."""
+    """Runs `LoopSettings.total_steps` RL steps from the current state, resuming where it stopped.
+
+    Args:
+      model_cfg: the policy's `ModelConfig`. state: the actor `TrainState` (replaced every update).
+      ref_params: frozen reference params (KL loss / KL-in-reward), or None.
+      tokenizer: detokenises responses, renders prompts. prompts: the `PromptIterator`.
+      settings: `LoopSettings`. rollout: `RolloutSettings` of the sampler.
+      fns: the step's built functions (`StepFns`). outputs: checkpointer, writers, validation.
+      placement: mesh and process layout. critic: PPO's `CriticRunner`, or None.
+    """
 
     def __init__(self, *, model_cfg, state, ref_params, tokenizer, prompts: PromptIterator,
-                 rollout: RolloutSettings, settings: LoopSettings, update_fn: Callable,
-                 logprob_fn: Callable, score_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray],
-                 checkpointer, writer, console, validate: Callable | None = None,
-                 process_index: int = 0, process_count: int = 1, generate_fn: Callable | None = None,
-                 critic: "CriticRunner | None" = None, sharder=None, reward=None):
+                 settings: LoopSettings, rollout: RolloutSettings, fns: StepFns, outputs: RunOutputs,
+                 placement: Placement = Placement(), critic: CriticRunner | None = None):
         self.model_cfg, self.state, self.ref_params = model_cfg, state, ref_params
         self.tokenizer, self.prompts, self.rollout, self.settings = tokenizer, prompts, rollout, settings
-        self.update_fn, self.logprob_fn, self.score_fn = update_fn, logprob_fn, score_fn
-        self.checkpointer, self.writer, self.console, self.validate = checkpointer, writer, console, validate
-        self.process_index, self.process_count = process_index, process_count
+        self.generate_fn, self.update_fn, self.logprob_fn, self.score_fn = (
+            fns.generate, fns.update, fns.logprobs, fns.score)
+        self.checkpointer, self.writer, self.console, self.validate = (
+            outputs.checkpointer, outputs.writer, outputs.console, outputs.validate)
+        self.process_index, self.process_count = placement.process_index, placement.process_count
+        self.sharder = placement.sharder  # Places host batches as the jitted steps' row-sharded inputs.
         self.critic = critic
-        self.sharder = sharder  # Places host batches as the jitted steps' row-sharded inputs.
-        if generate_fn is None:
-            from rlvr_jax.sampling import generate as generate_fn
-        self.generate_fn = generate_fn
         # The reward object (rewards.registry): per-sample score, then global shaping (may keep state).
-        self.reward = reward if reward is not None else build_reward(settings.reward, score_fn=score_fn)
+        self.reward = fns.reward if fns.reward is not None else build_reward(settings.reward, score_fn=fns.score)
         self._saturated = False  # dynamic sampling found every group equal on the previous step
         self._prompt_cache: dict[Any, list[int]] = {}
         self._stop_requested = False
@@ -358,47 +404,3 @@ class RLLoop:
                          "reward": float(rewards[i])})
         self.writer.write_samples(step, rows)
 
-
-class CriticRunner:
-    """PPO's critic: values of the rollout, GAE advantages and the clipped value-loss update.
-
-    Args:
-      state: critic `TrainState`. values_fn: `(critic_params, arrays) -> [N, R] values`.
-      update_fn: critic `update(state, batch) -> (state, metrics)`.
-      gamma, lam: GAE settings. warmup_steps: steps that train the critic only.
-    """
-
-    def __init__(self, state, values_fn, update_fn, *, gamma: float = 1.0, lam: float = 1.0, warmup_steps: int = 0,
-                 kl_coef: float = 0.0):
-        self.state, self.values_fn, self.update_fn = state, values_fn, update_fn
-        self.gamma, self.lam, self.warmup_steps = gamma, lam, warmup_steps
-        self.kl_coef = kl_coef  # k1 KL-in-reward coefficient (verl's use_kl_in_reward); 0 = off
-
-    def update(self, step: int, rewards: np.ndarray, values, arrays: dict,
-               put: Callable = lambda tree: tree, old_logp=None, ref_logp=None) -> tuple[np.ndarray, dict]:
-        """GAE from outcome rewards and the critic's values; then one critic update. Returns advantages.
-
-        Args:
-          arrays: the rollout's host (numpy) arrays. put: places the critic batch on the mesh
-            (`RLLoop._put`); GAE itself runs on host copies, identical on every process.
-          old_logp, ref_logp: [N, R] rollout-policy and reference log-probs; with `kl_coef` > 0 the
-            k1 KL penalty is charged on the token rewards (`algorithms.kl_in_reward`).
-        """
-        from rlvr_jax.algorithms import gae_advantages, kl_in_reward, outcome_rewards_to_tokens
-
-        mask = arrays["response_mask"]
-        values = distributed.to_host(values)
-        token_rewards = outcome_rewards_to_tokens(rewards, mask)
-        kl_metrics = {}
-        if self.kl_coef > 0:
-            if old_logp is None or ref_logp is None:
-                raise ValueError("KL-in-reward needs the rollout and reference log-probs (build the reference model)")
-            token_rewards, kl_metrics = kl_in_reward(token_rewards, distributed.to_host(old_logp),
-                                                     distributed.to_host(ref_logp), mask, self.kl_coef)
-        advantages, returns = gae_advantages(token_rewards, values, mask, gamma=self.gamma, lam=self.lam)
-        advantages, returns = np.asarray(advantages), np.asarray(returns)
-        batch = put({**arrays, "old_values": values, "returns": returns})
-        self.state, metrics = self.update_fn(self.state, batch)
-        metrics = {f"critic/{k}": v for k, v in distributed.to_host(metrics).items()}
-        metrics.update({f"reward/{k}": float(v) for k, v in kl_metrics.items()})  # verl: reward_kl_penalty
-        return advantages, metrics

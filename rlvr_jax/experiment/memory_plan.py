@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 
 import jax
 import numpy as np
 
 from rlvr_jax import sharding as shd
+from rlvr_jax.experiment.model import build_sharder, model_config
+from rlvr_jax.experiment.validation import validate
 from rlvr_jax.models import ModelConfig, param_logical_axes, param_shapes
-from rlvr_jax.models.presets import PRESETS, preset_config
+from rlvr_jax.models.presets import num_params
 
-# Recipe name prefix -> architecture preset, for dry runs without a checkpoint on disk.
-_RECIPE_PRESETS = {"qwen15b": "qwen2.5-math-1.5b", "qwen7b": "qwen2.5-math-7b",
-                   "r1_distill_qwen15b": "deepseek-r1-distill-qwen-1.5b", "llama32_3b": "llama-3.2-3b-instruct",
-                   "smollm2": "smollm2-135m", "qwen3_1p7b": "qwen3-1.7b"}
 GB = 1e9
-
-
-def _model_config(config) -> ModelConfig:
-    kw = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat,
-              attention_impl=config.model.attention_impl)
-    if config.model.path and (pathlib.Path(config.model.path) / "config.json").is_file():
-        return ModelConfig.from_pretrained(config.model.path, **kw)
-    if config.model.source == "random":
-        return ModelConfig.from_hf_dict(config.model.arch.to_dict(), **kw)
-    for prefix, preset in sorted(_RECIPE_PRESETS.items(), key=lambda kv: -len(kv[0])):
-        if config.name.startswith(prefix):
-            return preset_config(preset, **kw)
-    raise ValueError(f"dry run: no checkpoint at config.model.path and no preset for {config.name!r}; "
-                     f"presets: {sorted(PRESETS)}")
 
 
 def _per_device_bytes(sharder: shd.Sharder, cfg: ModelConfig, dtype: str) -> int:
@@ -51,11 +34,9 @@ def _per_device_bytes(sharder: shd.Sharder, cfg: ModelConfig, dtype: str) -> int
     return total
 
 
-def memory_plan(config, devices=None) -> dict:
-    """Per-device bytes of each resident piece of an RL step, and the total."""
-    from launch.builders import build_sharder
-
-    cfg = _model_config(config)
+def memory_plan(config) -> dict:
+    """Per-device bytes of each resident piece of an RL step, and the total (no weights needed)."""
+    cfg = model_config(config, need_weights=False)
     sharder = build_sharder(config)
     n_dev = sharder.mesh.devices.size
     batch_shards = math.prod(sharder.mesh.shape[a] for a in ("data", "fsdp"))
@@ -100,10 +81,10 @@ def memory_plan(config, devices=None) -> dict:
 
 
 def print_memory_plan(config) -> dict:
+    """Validates `config` (weights not needed) and prints its `memory_plan` as a table and JSON."""
+    validate(config, need_weights=False)
     out = memory_plan(config)
     cfg = out["model"]
-    from rlvr_jax.models.presets import num_params
-
     print(f"model: {cfg.model_type} {num_params(cfg) / 1e9:.2f}B params, vocab {cfg.vocab_size}, "
           f"param dtype {cfg.param_dtype}, compute {cfg.dtype}, attention {cfg.attention_impl}, remat {cfg.remat}")
     print(f"mesh: {out['mesh']} over {out['devices']} device(s)")
