@@ -150,8 +150,16 @@ def test_training_run_packed_equals_padded(tmp_path):
     """launch/train.py on configs/tiny.py with actor.packing true vs false: the same metrics."""
     import json
 
+    from configs import tiny
     from launch.train import train
-    from tests.test_train_e2e import _tiny
+
+    def _tiny(**overrides):
+        c = tiny.get_config()
+        c.trainer.progress, c.trainer.async_checkpoint = False, False
+        for key, value in overrides.items():
+            section, leaf = key.split(".")
+            c[section][leaf] = value
+        return c
 
     runs = {}
     for packed in (True, False):
