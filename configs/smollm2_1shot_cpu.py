@@ -24,7 +24,9 @@ def get_config(arg=None):
     # GB of activations (the run peaked at ~9 GB resident); with it the update adds ~1.8 GB over the
     # params and AdamW moments (bench/demo_memory.py measures the whole run).
     c.model.remat = "full"
-    c.mesh.shape = (-1, 1, 1)  # Data parallel: one XLA CPU device per core, each computing its own rows.
+    # Rows split over every device (one XLA CPU device per core), params/moments FSDP-sharded: each device
+    # computes its own rows, and N devices in one RAM hold one copy of the state, not N (pure data parallel).
+    c.mesh.shape = (1, -1, 1)
     c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
     c.data.system_prompt = common.SYSTEM_PROMPT
     c.data.max_prompt_len = 128

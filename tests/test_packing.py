@@ -187,8 +187,11 @@ def test_packed_update_equals_padded_other_policy_losses_with_tis(params, policy
     batch["rollout_logp"] = batch["old_logp"] + np.random.default_rng(10).normal(0, 0.2, batch["old_logp"].shape)
     ucfg = tr.UpdateConfig(temperature=TEMP, policy_loss=policy_loss, tis_cap=2.0, entropy_coeff=0.01,
                            micro_batch_size=4, logprob_chunk=4)
+    # seq_ratio_mean is a per-micro-batch sequence mean that both layouts re-weight by token counts,
+    # so it depends on which sequences share a micro-batch; losses and gradients do not.
     _assert_same_update(_run(params, batch, ucfg),
-                        _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32)))
+                        _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32)),
+                        skip=("pack_fill", "seq_ratio_mean"))
 
 
 def test_shape_ratchet_pads_plans_to_the_largest_seen(params):
