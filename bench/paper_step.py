@@ -214,7 +214,8 @@ def rollout_roofline(cfg, args, rollout_s: float, peak_gbps: float, cache_dtype:
 
     Each decode step of a sub-batch reads the weights in the compute dtype plus its KV cache:
     "useful" counts the filled slots (prompt + half the new tokens on average); "as-read" the whole
-    preallocated cache (prompt bucket + max_new_tokens), which the masked attention actually reads.
+    cache (prompt bucket + max_new_tokens): an upper bound, as the engine's attention reads a window
+    bucketed to the longest live row.
     """
     rows_total = args.prompts * args.n
     rows = min(args.sub_batch_size or rows_total, rows_total)

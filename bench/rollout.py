@@ -21,6 +21,7 @@ On CPU the script makes one XLA device per core (before jax starts) and decodes 
     python bench/rollout.py --workload fixed --dtype float32 --reps 5
     python bench/rollout.py --workload gpu --reps 3            # when an accelerator is present
     python bench/rollout.py --workload realistic --prompts 2 --n 2 --max-new-tokens 16 --reps 1   # smoke
+    python bench/rollout.py --workload gpu --layers 1 --rows 4 --max-new-tokens 8 --reps 1          # smoke
 """
 
 from __future__ import annotations
@@ -112,15 +113,23 @@ def hf_static(model, prompts, n, max_new_tokens, eos, temperature):
 
 
 def hf_continuous(model, prompts, n, max_new_tokens, eos, temperature):
-    """transformers' continuous batching (`generate_batch`), each prompt repeated `n` times."""
+    """transformers' continuous batching (`generate_batch`), each prompt repeated `n` times.
+
+    Its defaults size the paged KV cache from accelerator memory (on CPU: ~8 GB, more than needed), so the
+    cache is sized here to hold every row at full length; the rest is at its defaults.
+    """
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
                               top_p=1.0, eos_token_id=eos, pad_token_id=eos)
     inputs = [q for q in prompts for _ in range(n)]
+    pages = -(-(max(map(len, prompts)) + max_new_tokens) // 256)  # default page_size 256
+    cb = ContinuousBatchingConfig(num_blocks=len(inputs) * pages + 8, max_batch_tokens=2048)
 
     def run():
-        out = model.generate_batch(inputs=inputs, generation_config=config, progress_bar=False)
+        out = model.generate_batch(inputs=inputs, generation_config=config, continuous_batching_config=cb,
+                                   progress_bar=False)
         return _useful([o.generated_tokens for o in out.values()], eos)
     return run
 
@@ -217,7 +226,7 @@ def fixed(args):
 
 
 def gpu(args):
-    cfg = models.ModelConfig(**QWEN15B_SHAPES)
+    cfg = models.ModelConfig(**dict(QWEN15B_SHAPES, num_layers=args.layers))
     params = models.init_params(cfg, jax.random.key(0))
     placed, sharder = data_parallel(params, cfg)
     dev = jax.devices()[0]
@@ -257,6 +266,7 @@ def parse_args(argv):
     ap.add_argument("--prompt-len", type=int, default=64, help="fixed: prompt tokens")
     ap.add_argument("--new-tokens", type=int, default=128, help="fixed: new tokens")
     ap.add_argument("--rows", type=int, default=256, help="gpu: rows (and slots)")
+    ap.add_argument("--layers", type=int, default=28, help="gpu: decoder layers (fewer only to smoke the script)")
     ap.add_argument("--peak-gbps", type=float, default=None)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", default="", help="write a jax.profiler trace of the timed rounds here")

@@ -118,7 +118,7 @@ def roofline(cfg, params, batch, prompt_len, new_tokens, decode_s, peak_gbps, ca
 
     Returns `(useful fraction, weight bytes, mean filled-KV bytes, full-KV bytes)`. "Useful" counts the
     weights in the compute dtype plus the KV slots filled so far (prompt + half the new tokens on
-    average); the decode step actually reads the whole preallocated cache (masked), the full-KV figure.
+    average); the full-KV figure is the whole cache, an upper bound on what the windowed attention reads.
     """
     weight_bytes = sum(x.size for x in jax.tree.leaves(params)) * jnp.dtype(cfg.dtype).itemsize
     per_slot = sampling.kv_cache_bytes(cfg, batch, 1, cache_dtype)

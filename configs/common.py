@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).
     c.rollout.top_k = 0  # Top-k sampling (0 = off).
     c.rollout.max_new_tokens = 3072  # Maximum response length.
-    c.rollout.sub_batch_size = 256  # Sequences decoded at once (bounds KV-cache memory); 0 = all.
+    c.rollout.sub_batch_size = 256  # Decode slots: sequences decoded at once (bounds KV-cache memory); 0 = sized by the engine.
     # Tokens that end a response (the stop token stays in the response and its loss mask):
     # "eos" = the model's EOS only (tokenizer eos + generation_config.json eos_token_id), what vLLM
     # stops at in the paper's verl rollouts -- for base Qwen2.5-Math that is <|endoftext|>, so an
@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.actor.grad_clip = 1.0  # Global-norm gradient clipping.
     c.actor.ppo_epochs = 1  # Passes over the rollout batch per step.
     c.actor.mini_batch_size = 0  # Sequences per optimizer step; 0 = the whole batch (one update per step).
-    c.actor.micro_batch_size = 8  # Sequences per forward/backward (gradient accumulation via lax.scan).
+    # Sequences per forward/backward (gradient accumulation via lax.scan); padded passes only (packing: budget).
+    c.actor.micro_batch_size = 8
     c.actor.policy_loss = "vanilla"  # vanilla (PPO-clip) | gspo (sequence ratio) | cispo (clipped IS weight).
     # Pack sequences (prompt + response, real tokens only) into rows with segment ids for the old/ref
     # log-prob passes and the update (verl's use_remove_padding + use_dynamic_bsz); exact, fewer FLOPs.

@@ -57,6 +57,10 @@ def _loop(examples, batch_size=2, n=2, rounds=10):
     return loop
 
 
+def _rollout(loop, step):
+    return loop._filtered_rollout(step, loop.prompts.batch_at(step - 1))
+
+
 def test_informative_groups():
     np.testing.assert_array_equal(ds.informative_groups([1, 1, 0, 1, 0, 0, 0.5, 0.5], 2), [False, True, False, False])
 
@@ -64,7 +68,7 @@ def test_informative_groups():
 def test_keeps_only_informative_groups_and_merges_rounds():
     examples = [Example(question=f"q{i}", answer="mixed" if i in (1, 4) else "same") for i in range(8)]
     loop = _loop(examples, batch_size=2)
-    batch, result, texts, scores, metrics = loop._filtered_rollout(step=1)
+    batch, result, texts, scores, metrics = _rollout(loop, 1)
     assert [e.answer for e in batch.examples] == ["mixed", "mixed"]
     assert metrics["sampling/filled_frac"] == 0.0 and metrics["sampling/all_equal"] == 0.0
     assert metrics["sampling/rounds"] > 1  # the first batch alone cannot hold two of the two mixed examples
@@ -82,7 +86,7 @@ def test_keeps_only_informative_groups_and_merges_rounds():
         assert result.response_mask[row].sum() == length and np.all(result.response_ids[row, length:] == PAD)
         assert texts[row] == f"{prompt[-1]}:{row % 2 + 1}"
     # Deterministic: the same step draws the same rounds again (a resumed run matches).
-    again = _loop(examples, batch_size=2)._filtered_rollout(step=1)
+    again = _rollout(_loop(examples, batch_size=2), 1)
     assert [e.question for e in again[0].examples] == [e.question for e in batch.examples]
 
 
@@ -91,20 +95,20 @@ def test_saturated_one_shot_batch_falls_back_without_spinning():
     loop = _loop(one_shot, batch_size=4, rounds=10)
     calls = []
     loop.generate_fn = lambda *a, **k: calls.append(1) or fake_generate(*a, **k)
-    batch, result, _, scores, metrics = loop._filtered_rollout(step=1)
+    batch, result, _, scores, metrics = _rollout(loop, 1)
     assert len(calls) == 1  # one round, not ten
     assert len(batch.examples) == 4 and result.response_ids.shape[0] == 8
     assert metrics["sampling/all_equal"] == 1.0 and metrics["sampling/filled_frac"] == 1.0
     assert metrics["sampling/kept_frac"] == 0.0
     assert len(loop.console.lines) == 1 and "every group" in loop.console.lines[0]
-    loop._filtered_rollout(step=2)
+    _rollout(loop, 2)
     assert len(loop.console.lines) == 1  # said once while it stays saturated
 
 
 def test_rounds_exhausted_tops_up_with_equal_groups():
     examples = [Example(question=f"q{i}", answer="mixed" if i < 2 else "same") for i in range(6)]
     loop = _loop(examples, batch_size=3, rounds=2)
-    batch, _, _, scores, metrics = loop._filtered_rollout(step=1)
+    batch, _, _, scores, metrics = _rollout(loop, 1)
     # The same two draws, replayed: informative groups first (in draw order), then the dropped ones.
     it = PromptIterator(examples, 3, seed=3)
     drawn = list(it.batch_at(0).examples) + list(it.resample(0, 1).examples)

@@ -34,7 +34,8 @@ def _fake_generate(params, cfg, prompt_ids, *, n, **kwargs):
         response_ids=np.full((rows, RESPONSE_LEN), 2, np.int32),
         response_mask=np.ones((rows, RESPONSE_LEN), np.int32),
         logprob_array=np.full((rows, RESPONSE_LEN), -1.0, np.float32),
-        tokens=[[2] * RESPONSE_LEN] * rows, finish_reason=["stop"] * rows)
+        tokens=[[2] * RESPONSE_LEN] * rows, finish_reason=["stop"] * rows,
+        response_lengths=np.full(rows, RESPONSE_LEN, np.int32))
 
 
 def _fake_update(bad_steps):

@@ -73,6 +73,7 @@ def test_fresh_install_carries_the_sets(tmp_path):
     assert pathlib.Path(where).is_relative_to(site) and rows == ROWS
 
 
+@pytest.mark.slow  # a launch/ subprocess on the tiny model
 def test_eval_cli_paper_from_another_directory(tmp_path):
     """`launch/eval.py --config=configs/tiny.py --benchmarks=paper`, run from an unrelated cwd."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")

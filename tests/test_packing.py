@@ -179,3 +179,30 @@ def test_dry_run_memory_plan_follows_the_token_budget():
     c.actor.max_tokens_per_micro_batch = 16384
     big = memory_plan(c)["bytes_per_device"][key]
     assert big == pytest.approx(2 * small, rel=1e-6)
+
+
+@pytest.mark.parametrize("policy_loss", ["gspo", "cispo"])
+def test_packed_update_equals_padded_other_policy_losses_with_tis(params, policy_loss):
+    batch = rl_batch(params, b=8, seed=9, noise=0.3)
+    batch["rollout_logp"] = batch["old_logp"] + np.random.default_rng(10).normal(0, 0.2, batch["old_logp"].shape)
+    ucfg = tr.UpdateConfig(temperature=TEMP, policy_loss=policy_loss, tis_cap=2.0, entropy_coeff=0.01,
+                           micro_batch_size=4, logprob_chunk=4)
+    _assert_same_update(_run(params, batch, ucfg),
+                        _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32)))
+
+
+def test_shape_ratchet_pads_plans_to_the_largest_seen(params):
+    ratchet = packing.ShapeRatchet()
+    dense, sparse = make_batch(8, seed=11), make_batch(8, seed=12)
+    sparse["attention_mask"][0] = 1  # one full-length row keeps the row length that of `dense`
+    sparse["attention_mask"][1:, P + 2:] = 0  # short responses: more sequences per row
+    sparse["response_mask"] = sparse["attention_mask"][:, P:].copy()
+    plan = lambda b: packing.plan_packing(b["input_ids"], b["attention_mask"], R, max_tokens_per_micro_batch=16)  # noqa: E731
+    first, second = ratchet(plan(sparse)), ratchet(plan(dense))
+    assert first.tokens.shape[-1] == second.tokens.shape[-1] == 16
+    assert second.tokens.shape[2] >= plan(dense).tokens.shape[2] and second.resp_index.shape == tuple(
+        max(a, b) for a, b in zip(first.resp_index.shape, plan(dense).resp_index.shape))
+    padded = tr.compute_logprobs(params, CFG, dense, temperature=TEMP)
+    packed = packing.compute_logprobs_packed(params, CFG, dense, temperature=TEMP, max_tokens_per_micro_batch=16,
+                                             ratchet=ratchet)
+    np.testing.assert_allclose(np.asarray(packed["logp"]), np.asarray(padded["logp"]), rtol=1e-5, atol=1e-5)

@@ -147,6 +147,7 @@ def test_recipe_is_the_papers_on_qwen3_and_plans_memory(monkeypatch, tmp_path):
     assert per_device["params (master)"] * n_dev >= 4 * presets.num_params(plan["model"])
 
 
+@pytest.mark.slow  # a launch/ subprocess on the tiny model
 def test_qwen3_trains_and_exports_like_qwen2(tmp_path):
     """launch/train.py on a random tiny Qwen3 (head_dim != hidden / heads), then export_hf -> transformers."""
     import os

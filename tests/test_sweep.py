@@ -115,6 +115,7 @@ def test_sweep_scores_each_checkpoint_and_resumes(run_dir, tmp_path):
     assert subset.evaluated == (4,) and set(fake.calls) == {4} and subset.steps == (4, 5)
 
 
+@pytest.mark.slow  # a launch/ subprocess on the tiny model
 def test_eval_cli_steps_all(run_dir, tmp_path):
     """The flag end to end (real sampler on the tiny model), with its progress bar."""
     config, problems = run_dir

@@ -24,8 +24,10 @@ def _tiny_param_count() -> int:
 
 
 def test_dry_run_prints_hand_computed_bytes(tmp_path):
-    # One device, so every piece is whole on it; batch 2 prompts x n=2, prompt <= 512, response <= 16.
-    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", devices=1)
+    # One device, so every piece is whole on it; batch 2 prompts x n=2, prompt <= 512, response <= 16;
+    # padded micro-batches of 2 rows (the packed plan is checked in test_packing.py).
+    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.actor.packing=false",
+                         devices=1)
     plan = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not (tmp_path / "metrics.jsonl").exists()  # Nothing trained.
     f32 = 4

@@ -74,7 +74,7 @@ class EvalSettings:
       system: System message (None: the template's default).
       limit: Evaluate only the first ``limit`` problems of each benchmark.
       batch_size: Problems per `generate` call (each expands to n rows).
-      sub_batch_size: Most rows per device program inside `generate` (KV-cache memory); None = all.
+      sub_batch_size: Decode slots of `generate` (KV-cache memory); None = sized by the engine.
       max_prompt_len: Longest prompt in tokens (longer is an error); None = no cap.
       seed: Sampling seed; each batch derives its own from it, the benchmark and the batch start.
       progress: Show a progress bar over problems.
@@ -272,8 +272,7 @@ class Evaluator:
             params, cfg, prompt_ids, max_new_tokens=b.max_new_tokens,
             temperature=b.temperature if not b.greedy else 1.0, top_p=b.top_p, greedy=b.greedy,
             stop_token_ids=self.stop_ids, n=b.n, seed=batch_seed(self.settings.seed, b.name, start),
-            # generate needs whole prompts per sub-batch, so never fewer rows than n.
-            sub_batch_size=None if sub is None else max(sub, b.n), pad_id=self.pad_id,
+            sub_batch_size="auto" if sub is None else sub, pad_id=self.pad_id,
             # One bar over problems here; the sampler's per-token bar would nest inside it.
             progress=False, sharder=self.sharder)
 

@@ -67,10 +67,14 @@ def packed_tokens_per_micro_batch(config) -> int | None:
 
 
 def fuses_old_logp(config) -> bool:
-    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch."""
+    """Old log-probs come from the update's own forward: asked for, recomputed, one epoch, one mini-batch.
+
+    Not with PPO's KL-in-reward: the critic's GAE needs the rollout policy's log-probs before the update.
+    """
     a = config.actor
     one_mini = not a.mini_batch_size or a.mini_batch_size >= config.trainer.batch_size * config.rollout.n
-    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini)
+    kl_in_reward = config.algorithm.reward_kl_coef > 0
+    return bool(a.fuse_old_logp and a.recompute_old_logp and a.ppo_epochs == 1 and one_mini and not kl_in_reward)
 
 
 def critic_settings(config) -> CriticSettings:

@@ -36,6 +36,7 @@ from rlvr_jax.training import critic as critic_lib
 from rlvr_jax.training.checkpoint import Checkpointer
 from rlvr_jax.training.loggers import RunInfo
 from rlvr_jax.training.logprobs import compute_logprobs
+from rlvr_jax.training.packing import ShapeRatchet, compute_logprobs_packed
 from rlvr_jax.training.rl_loop import Placement, RLLoop, RunOutputs, StepFns
 from rlvr_jax.training.state import TrainState, create_train_state
 from rlvr_jax.training.update import make_critic_update_fn, make_update_fn
@@ -64,13 +65,23 @@ class Run:
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
+    def _logprob_fn(self):
+        """`(params, arrays) -> [N, R] log-probs` for the old-policy and reference passes (packed or padded)."""
+        cfg, config, sharder = self.model_cfg, self.config, self.sharder
+        temp, budget = config.rollout.temperature, self.settings.update.max_tokens_per_micro_batch
+        if budget:
+            ratchet = ShapeRatchet()  # One per run: the passes stop compiling once shapes stop growing.
+            return lambda p, arrays: compute_logprobs_packed(
+                p, cfg, arrays, temperature=temp, max_tokens_per_micro_batch=budget,
+                chunk=config.actor.logprob_chunk, sharder=sharder, ratchet=ratchet)["logp"]
+        return lambda p, arrays: compute_logprobs(
+            p, cfg, arrays, temperature=temp, micro_batch_size=config.actor.micro_batch_size,
+            chunk=config.actor.logprob_chunk, sharder=sharder)["logp"]
+
     def loop(self, pool: RewardPool) -> RLLoop:
         """The `RLLoop` of this run, scoring with `pool` (training reward and validation)."""
         cfg, config, sharder = self.model_cfg, self.config, self.sharder
-        logprobs = lambda p, arrays: compute_logprobs(  # noqa: E731
-            p, cfg, arrays, temperature=config.rollout.temperature,
-            micro_batch_size=config.actor.micro_batch_size, chunk=config.actor.logprob_chunk, sharder=sharder,
-            max_tokens_per_micro_batch=self.settings.update.max_tokens_per_micro_batch)["logp"]
+        logprobs = self._logprob_fn()
         score = functools.partial(pool.score, require_box=config.reward.require_box)
         fns = StepFns(generate=functools.partial(generate, sharder=sharder), logprobs=logprobs,
                       update=make_update_fn(cfg, self.settings.update, self.settings.optimizer, sharder),

@@ -1,4 +1,4 @@
-"""Training: train state + optimizer, chunked log-probs, the jitted update step, the PPO critic."""
+"""Training: train state + optimizer, chunked log-probs, sequence packing, the jitted update step, the PPO critic."""
 
 from rlvr_jax.training.critic import (
     CRITIC_BATCH_KEYS,
@@ -10,6 +10,7 @@ from rlvr_jax.training.critic import (
     init_value_head,
 )
 from rlvr_jax.training.logprobs import BATCH_KEYS, compute_logprobs, params_shardings, response_logprobs
+from rlvr_jax.training.packing import PackedPlan, compute_logprobs_packed, plan_packing
 from rlvr_jax.training.state import (
     SCHEDULES,
     OptimizerConfig,
@@ -35,10 +36,12 @@ __all__ = [
     "CriticRunner",
     "SCHEDULES",
     "OptimizerConfig",
+    "PackedPlan",
     "TrainState",
     "UpdateConfig",
     "apply_gradients",
     "compute_logprobs",
+    "compute_logprobs_packed",
     "compute_values",
     "create_train_state",
     "critic_abstract_params",
@@ -51,6 +54,7 @@ __all__ = [
     "make_schedule",
     "make_update_fn",
     "params_shardings",
+    "plan_packing",
     "response_logprobs",
     "state_shardings",
 ]

@@ -213,7 +213,8 @@ def packed_logprobs(
     logp_rt, ent_rt = logprobs_from_hidden(h_rtd, w_dv, targets_rt, temperature=temperature, chunk=chunk,
                                            with_entropy=with_entropy, sharder=sharder)
     rows, s, r = resp_index_rsr.shape
-    to_resp = lambda x: jnp.take_along_axis(x, resp_index_rsr.reshape(rows, s * r), axis=1).reshape(rows * s, r)  # noqa: E731
+    index = resp_index_rsr.reshape(rows, s * r)
+    to_resp = lambda x: jnp.take_along_axis(x, index, axis=1).reshape(rows * s, r)  # noqa: E731
     return to_resp(logp_rt), (to_resp(ent_rt) if with_entropy else None)
 
 
@@ -271,12 +272,14 @@ def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
 def compute_logprobs_packed(
     params, cfg: ModelConfig, batch: dict, *, temperature: float = 1.0, max_tokens_per_micro_batch: int,
     chunk: int = 512, with_entropy: bool = False, sharder: shd.Sharder | None = None,
+    ratchet: "ShapeRatchet | None" = None,
 ) -> dict:
     """`logprobs.compute_logprobs` on packed rows: same inputs and outputs, computed on real tokens only.
 
     Args:
       batch: `input_ids`, `attention_mask` `[B, P+R]` and `response_mask` `[B, R]` (host or device).
       max_tokens_per_micro_batch: token budget of one forward pass, per device.
+      ratchet: optional `ShapeRatchet` kept across a run's calls (fewer compiles).
       Others: as `compute_logprobs`.
 
     Returns:
@@ -288,5 +291,39 @@ def compute_logprobs_packed(
     r = batch["response_mask"].shape[1]
     plan = plan_packing(ids, attn, r, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
                         row_multiple=batch_shards(sharder))
+    plan = ratchet(plan) if ratchet is not None else plan
     fn = _packed_logprob_program(cfg, float(temperature), int(chunk), bool(with_entropy), sharder)
     return fn(params, put_plan(plan, sharder), jnp.asarray(batch["response_mask"]))
+
+
+class ShapeRatchet:
+    """Keeps a run's packed shapes from shrinking, so it stops compiling once it has seen its longest batches.
+
+    Micro-batches per group (M) and sequence slots per row (S) vary with how a batch packs; padding a
+    plan up to the largest M and S seen for its other dimensions costs nothing at run time (empty
+    micro-batches are skipped, empty slots are masked) and reuses the compiled program.
+    """
+
+    def __init__(self):
+        self._seen: dict[tuple, tuple[int, int]] = {}
+
+    def __call__(self, plan: PackedPlan) -> PackedPlan:
+        rows, g, m, t = plan.tokens.shape
+        s, r = plan.resp_index.shape[-2:]
+        key = (rows, g, t, r)
+        m_max, s_max = (max(a, b) for a, b in zip(self._seen.get(key, (m, s)), (m, s)))
+        self._seen[key] = (m_max, s_max)
+        if (m_max, s_max) == (m, s):
+            return plan
+
+        def pad(x, slot_axis: int | None):
+            widths = [(0, 0)] * x.ndim
+            widths[2] = (0, m_max - m)
+            if slot_axis is not None:
+                widths[slot_axis] = (0, s_max - s)
+            return np.pad(x, widths)
+
+        return dataclasses.replace(
+            plan, tokens=pad(plan.tokens, None), positions=pad(plan.positions, None),
+            segment_ids=pad(plan.segment_ids, None), resp_index=pad(plan.resp_index, 3),
+            seq_index=pad(plan.seq_index, 3), slot_valid=pad(plan.slot_valid, 3))

@@ -22,13 +22,13 @@ class RolloutSettings:
     top_k: int = 0
     max_new_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()
-    sub_batch_size: int = 0  # 0 = all sequences at once.
+    sub_batch_size: int = 0  # Decode slots of the rollout engine; 0 = sized by the engine ("auto").
     pad_id: int = 0
     progress: bool = True
 
     def extra_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `generate` beyond its contract ones."""
-        return {"sub_batch_size": self.sub_batch_size or None, "pad_id": self.pad_id, "progress": self.progress}
+        return {"sub_batch_size": self.sub_batch_size or "auto", "pad_id": self.pad_id, "progress": self.progress}
 
 
 @dataclasses.dataclass(frozen=True)

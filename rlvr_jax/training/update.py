@@ -350,7 +350,7 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
 
 
 # Per-sequence batch arrays a packed micro-batch gathers into its slots (padded response layout).
-_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp")
+_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp", "rollout_logp")
 
 
 def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
@@ -366,13 +366,19 @@ def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
 def _accumulate_packed(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
     """`_accumulate_grads` over packed micro-batches (`plan_m` leaves `[M, rows, ...]`); empty ones are skipped."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if param_sh is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
 
     def compute(mb):
         (_, metrics), grads = grad_fn(params, mb, denom)
         return jax.tree.map(lambda g: g.astype(jnp.float32), grads), metrics
+
+    if plan_m["tokens"].shape[0] == 1:  # one micro-batch (never empty): no buffer, no scan, no cond
+        grads, metrics = compute(_packed_micro_inputs(batch, jax.tree.map(lambda x: x[0], plan_m)))
+        if param_sh is not None:
+            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        return grads, jax.tree.map(lambda m: m[None], metrics)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if param_sh is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
 
     def body(acc, plan_mb):
         mb = _packed_micro_inputs(batch, plan_mb)
@@ -416,7 +422,7 @@ def _make_packed_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, sh
 def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder, logical_axes):
     """`update(state, batch)` that plans packed rows on the host, then runs a jitted packed step."""
     tx, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-    cache = {}
+    cache, ratchet = {}, packing.ShapeRatchet()
 
     def update(state: TrainState, batch: dict):
         missing = [k for k in keys if k not in batch]
@@ -429,6 +435,7 @@ def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerCo
             ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
             max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
         )
+        plan = ratchet(plan)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         key = (b, plan.tokens.shape[0])
         if key not in cache:
