@@ -80,9 +80,11 @@ def test_ppo_variant_trains_with_a_critic_and_resumes_it(tmp_path):
     rows = train_cli.train_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        # The random tiny model earns no reward and the value head starts at zero, so the returns,
-        # values and value loss are exactly 0 (a critic reading garbage would show here).
-        assert (r["critic/vf_loss"], r["critic/vpred_mean"], r["reward/mean"]) == (0.0, 0.0, 0.0), r
+        # The random tiny model earns no reward and the value head starts at zero, so the returns are
+        # only PPO's KL-in-reward penalty (0.001 x k1 per token) and the value loss is tiny
+        # (a critic reading garbage would show here).
+        assert r["reward/mean"] == 0.0, r
+        assert 0.0 <= r["critic/vf_loss"] < 1e-4 and abs(r["critic/vpred_mean"]) < 1e-2, r
         assert "critic/grad_norm" in r and "actor/kl" not in r  # Critic updated; PPO runs without KL.
         assert r["actor/grad_norm"] > 0  # The entropy bonus still trains the actor.
 
