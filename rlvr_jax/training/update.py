@@ -313,11 +313,22 @@ def _make_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, n_micro: 
 
         keys = jax.random.split(shuffle_rng, ucfg.ppo_epochs)
         state, stacked = jax.lax.scan(epoch, state, keys)
-        metrics = _combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
-        metrics.update(_batch_metrics(batch, ucfg.ppo_epochs))
-        return state.replace(rng=rng), metrics
+        return state.replace(rng=rng), _epoch_metrics(stacked, batch, ucfg.ppo_epochs)
 
     return step
+
+
+def _epoch_metrics(stacked: dict, batch: dict, ppo_epochs: int) -> dict:
+    """Per-optimizer-step metrics `[epochs, minis]` combined, plus the batch's own metrics."""
+    metrics = _combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
+    metrics.update(_batch_metrics(batch, ppo_epochs))
+    return metrics
+
+
+def _require_keys(batch: dict, keys) -> None:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"update batch lacks {missing}; needs {list(keys)}")
 
 
 def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder, logical_axes):
@@ -326,9 +337,7 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
     cache = {}
 
     def update(state: TrainState, batch: dict):
-        missing = [k for k in keys if k not in batch]
-        if missing:
-            raise KeyError(f"update batch lacks {missing}; needs {list(keys)}")
+        _require_keys(batch, keys)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         b = batch["input_ids"].shape[0]
         if b not in cache:
@@ -412,9 +421,7 @@ def _make_packed_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, sh
             return jax.lax.scan(mini_step, state, (plan_g, denoms))
 
         state, stacked = jax.lax.scan(epoch, state, None, length=ucfg.ppo_epochs)
-        metrics = _combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
-        metrics.update(_batch_metrics(batch, ucfg.ppo_epochs))
-        return state.replace(rng=rng), metrics
+        return state.replace(rng=rng), _epoch_metrics(stacked, batch, ucfg.ppo_epochs)
 
     return step
 
@@ -425,9 +432,7 @@ def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerCo
     cache, ratchet = {}, packing.ShapeRatchet()
 
     def update(state: TrainState, batch: dict):
-        missing = [k for k in keys if k not in batch]
-        if missing:
-            raise KeyError(f"update batch lacks {missing}; needs {list(keys)}")
+        _require_keys(batch, keys)
         ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
         b, r = batch["response_mask"].shape
         n_mini = ucfg.mini_batches(b)
