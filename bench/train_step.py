@@ -186,9 +186,12 @@ def profile(run, out_dir: str) -> None:
     """A jax.profiler trace of one packed step (the HLO is dumped by the XLA flags `main` sets)."""
     import jax
 
-    with jax.profiler.trace(out_dir):
+    from profile_summary import summarize
+
+    with jax.profiler.trace(out_dir, create_perfetto_trace=True):
         run()
     print(f"profile: trace in {out_dir} (tensorboard --logdir {out_dir} or ui.perfetto.dev), HLO in {out_dir}/hlo")
+    print(summarize(out_dir))
 
 
 def main():
