@@ -247,7 +247,10 @@ def report(cfg, args, history, peaks) -> dict:
     secs, info = history[-1]["secs"], history[-1]["info"]
     total = sum(secs.values())
     rows = args.prompts * args.n
-    flops = model_flops_per_step(cfg, rows, args.prompt_len, args.max_new_tokens)  # fwd + bwd, useful tokens
+    # fwd + bwd of every row's tokens (EOS is disabled, so every row is full); the 6 d V term is counted at
+    # prompt positions too, which the update does not project (~3% of that term at the paper's shapes).
+    row_len = args.prompt_len + args.max_new_tokens
+    flops = model_flops_per_step(cfg, rows * row_len, row_len)
     rates = {"rollout": (info["response_tokens"] / secs["rollout"], "generated tok/s"),
              "reward": (rows / secs["reward"], "responses/s"),
              "reference": (2 * info["seq_tokens"] / secs["reference"], "tok/s (2 forward passes)"),
