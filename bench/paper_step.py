@@ -38,9 +38,11 @@ sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 
 from bench.train_step import model_flops_per_step  # noqa: E402
-from rlvr_jax import algorithms, sampling, training  # noqa: E402
+from configs import common  # noqa: E402
+from rlvr_jax import algorithms, experiment, sampling, training  # noqa: E402
 from rlvr_jax.compile_counter import CompileCounter  # noqa: E402
 from rlvr_jax.models import presets, transformer  # noqa: E402
 from rlvr_jax.rewards import RewardPool  # noqa: E402
@@ -59,8 +61,9 @@ PHASES = ("rollout", "reward", "reference", "update")
 # Workload of the paper step and of the CPU smoke run (`--tiny`); explicit flags override either.
 PAPER = dict(prompts=128, n=8, prompt_len=100, max_new_tokens=3072, sub_batch_size=256, micro_batch=8, chunk=512)
 TINY = dict(prompts=4, n=2, prompt_len=12, max_new_tokens=32, sub_batch_size=4, micro_batch=4, chunk=16)
-TINY_MODEL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16)
+# `--tiny` architecture, as HF config.json fields over the preset's.
+TINY_ARCH = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
 # Token id -> text for the reward phase without a tokenizer: random ids give random math-ish text.
 PIECES = tuple("0123456789") + (" ", ".", "+", "=", "x", "\\boxed{", "}", "\\frac{", "{", "The answer is ", "\n")
 
@@ -100,15 +103,24 @@ def parse_args(argv=None):
 
 
 def model_config(args):
-    """The preset (or tiny) architecture with dimension overrides, dtypes, remat and attention impl."""
-    cfg = presets.preset_config(args.preset, dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat)
-    dims = dict(TINY_MODEL) if args.tiny else {}
-    flags = dict(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                 num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.head_dim, vocab_size=args.vocab)
+    """The preset (or tiny) architecture with dimension overrides, dtypes, remat and attention impl.
+
+    Built as a recipe's random-weight model is: `config.model.arch` holds the architecture's HF fields and
+    `rlvr_jax.experiment.model_config` makes the `ModelConfig` from it.
+    """
+    arch = dict(presets.PRESETS[args.preset])
+    dims = dict(TINY_ARCH) if args.tiny else {}
+    flags = dict(num_hidden_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                 num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
+                 vocab_size=args.vocab)
     dims.update({k: v for k, v in flags.items() if v is not None})
-    if ("hidden_size" in dims or "num_heads" in dims) and args.head_dim is None and not args.tiny:
-        dims["head_dim"] = dims.get("hidden_size", cfg.hidden_size) // dims.get("num_heads", cfg.num_heads)
-    cfg = cfg.replace(**dims)
+    if ("hidden_size" in dims or "num_attention_heads" in dims) and "head_dim" not in dims:
+        arch.pop("head_dim", None)  # A preset's own head_dim (Qwen3, Llama) fits only its own width.
+    arch.update(dims)
+    config = common.base_config()
+    config.model.update(source="random", arch=ml_collections.ConfigDict(arch), dtype=args.dtype,
+                        param_dtype=args.param_dtype, remat=args.remat, attention_impl="xla")
+    cfg = experiment.model_config(config)
     return cfg.replace(attention_impl=pick_attention(cfg, args.attention))
 
 
@@ -235,7 +247,10 @@ def report(cfg, args, history, peaks) -> dict:
     secs, info = history[-1]["secs"], history[-1]["info"]
     total = sum(secs.values())
     rows = args.prompts * args.n
-    flops = model_flops_per_step(cfg, rows, args.prompt_len, args.max_new_tokens)  # fwd + bwd, useful tokens
+    # fwd + bwd of every row's tokens (EOS is disabled, so every row is full); the 6 d V term is counted at
+    # prompt positions too, which the update does not project (~3% of that term at the paper's shapes).
+    row_len = args.prompt_len + args.max_new_tokens
+    flops = model_flops_per_step(cfg, rows * row_len, row_len)
     rates = {"rollout": (info["response_tokens"] / secs["rollout"], "generated tok/s"),
              "reward": (rows / secs["reward"], "responses/s"),
              "reference": (2 * info["seq_tokens"] / secs["reference"], "tok/s (2 forward passes)"),

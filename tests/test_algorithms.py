@@ -158,6 +158,47 @@ def test_unknown_estimator_raises():
         alg.get_advantage_estimator("ppo2")
 
 
+def test_outcome_advantages_pass_each_estimator_its_declared_inputs():
+    rng = np.random.default_rng(5)
+    group_ids = np.repeat(np.arange(3), 4)
+    rewards, lengths = rng.normal(size=12), rng.integers(1, 30, size=12)
+    inputs = dict(norm_by_std=False, token_counts=lengths)  # what the loop always offers
+    assert alg.ESTIMATOR_INPUTS["grpo"] == ("norm_by_std",)
+    assert alg.ESTIMATOR_INPUTS["reinforce_pp_baseline"] == ("token_counts",)
+    assert alg.ESTIMATOR_INPUTS["drgrpo"] == alg.ESTIMATOR_INPUTS["rloo"] == ()
+    # grpo honours norm_by_std=False (= Dr.GRPO); the others ignore inputs they did not declare.
+    for name, ref in (("grpo", "drgrpo"), ("drgrpo", "drgrpo"), ("rloo", "rloo")):
+        np.testing.assert_allclose(np.asarray(alg.outcome_advantages(name, rewards, group_ids, **inputs)),
+                                   np_group_advantages(rewards, group_ids, ref), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(alg.outcome_advantages("grpo", rewards, group_ids)),
+                               np_group_advantages(rewards, group_ids, "grpo"), rtol=1e-5, atol=1e-5)
+    weighted = np.asarray(alg.outcome_advantages("reinforce_pp_baseline", rewards, group_ids, **inputs))
+    np.testing.assert_array_equal(weighted, np.asarray(
+        alg.reinforce_pp_baseline_advantages(rewards, group_ids, token_counts=lengths)))
+    assert not np.allclose(weighted, alg.reinforce_pp_baseline_advantages(rewards, group_ids))
+    with pytest.raises(ValueError, match="critic"):
+        alg.outcome_advantages("gae", rewards, group_ids)
+
+
+def test_registered_inputs_are_checked_and_passed(monkeypatch):
+    from rlvr_jax.algorithms import advantages
+
+    for registry in ("ADVANTAGE_ESTIMATORS", "ESTIMATOR_INPUTS"):  # register into throwaway copies
+        monkeypatch.setattr(advantages, registry, dict(getattr(advantages, registry)))
+
+    @advantages.register_advantage_estimator("by_length", inputs=("token_counts",))
+    def by_length(rewards, group_ids, *, token_counts):  # token_counts required: a missed input fails
+        return jnp.asarray(token_counts, jnp.float32)
+
+    got = advantages.outcome_advantages("by_length", [1.0, 0.0], [0, 0], norm_by_std=False,
+                                        token_counts=np.array([3, 5]))
+    np.testing.assert_array_equal(np.asarray(got), [3.0, 5.0])
+    with pytest.raises(ValueError, match="unknown inputs"):
+        advantages.register_advantage_estimator("bad", inputs=("lengths",))
+    with pytest.raises(ValueError, match="value-based"):
+        advantages.register_advantage_estimator("bad", needs_values=True, inputs=("token_counts",))
+
+
 # ------------------------------------------------------------------ KL, entropy, aggregation
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from rlvr_jax.data.tokenizers import BYTE_TOKENIZER, load_tokenizer, stop_token_ids
-from rlvr_jax.evaluation import (Benchmark, EvalSettings, Evaluator, evaluate, get_benchmark,
-                                 make_validation_fn, mean_pass_at_k, paper_average, pass_at_k,
-                                 write_outputs)
-from rlvr_jax.evaluation import runner
+from rlvr_jax.evaluation import (PAPER_BENCHMARKS, Benchmark, EvalSettings, Evaluator, evaluate,
+                                 get_benchmark, make_validation_fn, mean_pass_at_k, metrics,
+                                 paper_average, pass_at_k, runner, write_outputs)
+from rlvr_jax.rewards.extract import extract_answer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_PROBLEMS = 6
@@ -36,7 +36,7 @@ def problems_file(tmp_path):
 
 def exact_scorer(responses, golds):
     """A stand-in for RewardPool.score: the verifier's extraction, then string equality."""
-    return np.array([float(runner.extract_answer(r) == g) for r, g in zip(responses, golds)])
+    return np.array([float(extract_answer(r) == g) for r, g in zip(responses, golds)])
 
 
 class FakeGenerate:
@@ -138,10 +138,10 @@ def test_half_correct_gives_accuracy_one_half(tokenizer, problems_file):
 
 
 def test_majority_vote_clusters_normalised_answers():
-    assert runner.majority_correct(["\\dfrac12", "\\frac{1}{2}", "3", None], [True, True, False, False])
-    assert not runner.majority_correct(["3", "5", "5", None], [True, False, False, False])
-    assert not runner.majority_correct([None, None], [False, False])
-    assert runner.pass_ks(8) == [1, 2, 4, 8] and runner.pass_ks(6) == [1, 2, 4, 6]
+    assert metrics.majority_correct(["\\dfrac12", "\\frac{1}{2}", "3", None], [True, True, False, False])
+    assert not metrics.majority_correct(["3", "5", "5", None], [True, False, False, False])
+    assert not metrics.majority_correct([None, None], [False, False])
+    assert metrics.pass_ks(8) == [1, 2, 4, 8] and metrics.pass_ks(6) == [1, 2, 4, 6]
 
 
 def test_validation_fn_keys_and_step_samples(tokenizer, problems_file, tmp_path):
@@ -171,7 +171,7 @@ def test_write_outputs_and_paper_average(tokenizer, problems_file, tmp_path):
     assert summary["benchmarks"]["toy"]["score"] == 1.0 and summary["paper_average"] is None
     assert len(paths["samples/toy"].read_text().splitlines()) == N_PROBLEMS
     assert paths["table"].read_text().startswith("| benchmark | metric | score |")
-    six = {name: {"score": 0.1 * i} for i, name in enumerate(runner.PAPER_BENCHMARKS)}
+    six = {name: {"score": 0.1 * i} for i, name in enumerate(PAPER_BENCHMARKS)}
     assert paper_average(six) == pytest.approx(0.25)
 
 
@@ -239,7 +239,7 @@ def test_launch_settings_and_benchmark_list():
     assert experiment.eval_settings(config).greedy is None  # each benchmark's own protocol
     assert experiment.benchmark_list(config, None) == ["a.jsonl"]
     assert experiment.benchmark_list(config, ["paper", "b.jsonl"]) == [
-        *runner.PAPER_BENCHMARKS, "b.jsonl"]
+        *PAPER_BENCHMARKS, "b.jsonl"]
     with pytest.raises(ValueError, match="benchmarks"):
         experiment.benchmark_list(config, [])
 

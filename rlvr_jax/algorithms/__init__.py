@@ -2,12 +2,15 @@
 
 from rlvr_jax.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
+    ESTIMATOR_INPUTS,
+    OUTCOME_INPUTS,
     VALUE_BASED_ESTIMATORS,
     drgrpo_advantages,
     gae_advantages,
     get_advantage_estimator,
     grpo_advantages,
     masked_whiten,
+    outcome_advantages,
     outcome_rewards_to_tokens,
     register_advantage_estimator,
     reinforce_pp_baseline_advantages,
@@ -35,7 +38,9 @@ from rlvr_jax.algorithms.shaping import kl_in_reward, overlong_penalty, truncate
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
+    "ESTIMATOR_INPUTS",
     "KL_ESTIMATORS",
+    "OUTCOME_INPUTS",
     "POLICY_LOSSES",
     "VALUE_BASED_ESTIMATORS",
     "ActorLossConfig",
@@ -54,6 +59,7 @@ __all__ = [
     "kl_in_reward",
     "kl_penalty",
     "masked_whiten",
+    "outcome_advantages",
     "outcome_rewards_to_tokens",
     "overlong_penalty",
     "policy_loss",

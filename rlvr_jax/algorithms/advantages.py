@@ -10,7 +10,9 @@ GAE works per token: it needs the critic's values and the rewards placed on toke
 
 Estimators are registered by name in ``ADVANTAGE_ESTIMATORS``; names in
 ``VALUE_BASED_ESTIMATORS`` take ``(rewards_bt, values_bt, mask_bt, *, gamma, lam)`` instead of
-``(rewards_b, group_ids_b)``.
+``(rewards_b, group_ids_b)``. An outcome estimator also declares, at registration, which of the
+``OUTCOME_INPUTS`` it takes by keyword (``ESTIMATOR_INPUTS``); ``outcome_advantages`` passes it
+exactly those, so a caller never has to know one estimator's signature from another's.
 """
 
 from __future__ import annotations
@@ -23,18 +25,31 @@ import jax.numpy as jnp
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 # Estimators that need a critic (token-level values); the update step must run a value head.
 VALUE_BASED_ESTIMATORS: set[str] = set()
+# What `outcome_advantages` can give an outcome estimator beyond (rewards, group_ids), by keyword:
+# norm_by_std (bool, `algorithm.norm_by_std`) and token_counts ([B] response lengths in tokens).
+OUTCOME_INPUTS = ("norm_by_std", "token_counts")
+# Outcome estimator name -> the OUTCOME_INPUTS it takes (declared when it is registered).
+ESTIMATOR_INPUTS: dict[str, tuple[str, ...]] = {}
 
 
-def register_advantage_estimator(name: str, *, needs_values: bool = False) -> Callable:
+def register_advantage_estimator(name: str, *, needs_values: bool = False,
+                                 inputs: tuple[str, ...] = ()) -> Callable:
     """Decorator that registers an advantage estimator under ``name``.
 
     Args:
         name: registry key (the name a config uses to select the estimator).
         needs_values: True for critic-based estimators (signature of ``gae_advantages``).
+        inputs: for outcome estimators, the ``OUTCOME_INPUTS`` the function takes as keywords
+            (``outcome_advantages`` passes exactly these).
 
     Returns:
         A decorator that records the function and returns it unchanged.
     """
+    unknown = sorted(set(inputs) - set(OUTCOME_INPUTS))
+    if unknown:
+        raise ValueError(f"advantage estimator {name!r}: unknown inputs {unknown}; valid: {OUTCOME_INPUTS}")
+    if needs_values and inputs:
+        raise ValueError(f"advantage estimator {name!r}: a value-based estimator takes no outcome inputs")
 
     def decorator(fn: Callable) -> Callable:
         if name in ADVANTAGE_ESTIMATORS:
@@ -42,6 +57,8 @@ def register_advantage_estimator(name: str, *, needs_values: bool = False) -> Ca
         ADVANTAGE_ESTIMATORS[name] = fn
         if needs_values:
             VALUE_BASED_ESTIMATORS.add(name)
+        else:
+            ESTIMATOR_INPUTS[name] = tuple(inputs)
         return fn
 
     return decorator
@@ -55,6 +72,30 @@ def get_advantage_estimator(name: str) -> Callable:
         raise ValueError(
             f"unknown advantage estimator {name!r}; valid: {sorted(ADVANTAGE_ESTIMATORS)}"
         ) from None
+
+
+def outcome_advantages(name: str, rewards, group_ids, *, norm_by_std: bool = True,
+                       token_counts=None) -> jax.Array:
+    """Runs the outcome estimator ``name`` with the inputs it declared (``ESTIMATOR_INPUTS``).
+
+    Args:
+        name: a registered estimator that is not value-based.
+        rewards: [B] scores.
+        group_ids: [B] integer group ids.
+        norm_by_std: GRPO's std division (``algorithm.norm_by_std``); for estimators that take it.
+        token_counts: [B] response lengths in tokens; for estimators that take them.
+
+    Returns:
+        [B] float32 advantages.
+
+    Raises:
+        ValueError: unknown name, or a value-based estimator (it needs the critic's values).
+    """
+    estimator = get_advantage_estimator(name)
+    if name in VALUE_BASED_ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r} needs a critic's values, not outcome scores alone")
+    available = {"norm_by_std": norm_by_std, "token_counts": token_counts}
+    return estimator(rewards, group_ids, **{key: available[key] for key in ESTIMATOR_INPUTS[name]})
 
 
 def _dense_group_ids(group_ids_b, num_b: int) -> jax.Array:
@@ -88,7 +129,7 @@ def _group_stats(rewards_b: jax.Array, group_ids_b) -> tuple[jax.Array, ...]:
     return count_b, sum_b, dense_b
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", inputs=("norm_by_std",))
 def grpo_advantages(
     rewards, group_ids, *, norm_by_std: bool = True, eps: float = 1e-6
 ) -> jax.Array:
@@ -154,7 +195,7 @@ def rloo_advantages(rewards, group_ids) -> jax.Array:
     return jnp.where(count_b > 1, rewards_b - others_mean_b, 0.0)
 
 
-@register_advantage_estimator("reinforce_pp_baseline")
+@register_advantage_estimator("reinforce_pp_baseline", inputs=("token_counts",))
 def reinforce_pp_baseline_advantages(
     rewards, group_ids, *, token_counts=None, eps: float = 1e-8
 ) -> jax.Array:

@@ -3,11 +3,11 @@
 from rlvr_jax.evaluation.benchmarks import (PAPER_BENCHMARKS, Benchmark, benchmark_names,
                                             get_benchmark, load_benchmark, register_benchmark)
 from rlvr_jax.evaluation.metrics import (avg_at_k, benchmark_average, maj_at_k, majority_answer,
-                                         mean_pass_at_k, pass_at_k)
+                                         mean_pass_at_k, paper_average, pass_at_k,
+                                         validation_metrics)
 from rlvr_jax.evaluation.report import (SampleRecord, averages, markdown_table, summary,
-                                        write_report, write_samples)
-from rlvr_jax.evaluation.runner import (EvalSettings, Evaluator, evaluate, make_validation_fn,
-                                        paper_average, validation_metrics, write_outputs)
+                                        write_outputs, write_report, write_samples)
+from rlvr_jax.evaluation.runner import EvalSettings, Evaluator, evaluate, make_validation_fn
 
 __all__ = [
     "PAPER_BENCHMARKS",

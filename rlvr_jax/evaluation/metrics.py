@@ -1,4 +1,5 @@
-"""Evaluation metrics: unbiased pass@k, avg@k, maj@k and the paper's benchmark average.
+"""Evaluation metrics: unbiased pass@k, avg@k, maj@k, the paper's benchmark average, and the
+per-benchmark and trainer-validation metrics the evaluator reports from them.
 
 Conventions: a *correct matrix* is ``correct_pn`` -- one row per problem, one column per sampled
 response (bool or {0, 1}); rows may differ in length when given as a list of lists. Scores are
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from rlvr_jax.evaluation.benchmarks import PAPER_BENCHMARKS, Benchmark
+from rlvr_jax.rewards.normalize import normalize
+
 EquivFn = Callable[[str, str], bool]
+
+# Longer answers are voted on verbatim: normalising is quadratic (the verifier's own cut-off).
+_MAX_VOTE_CHARS = 2000
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -161,6 +168,87 @@ def benchmark_average(scores: Mapping[Hashable, float],
     if not names:
         raise ValueError("benchmark_average: no scores")
     return float(np.mean([float(scores[name]) for name in names]))
+
+
+def benchmark_metrics(correct_pn: np.ndarray, answers_pn: np.ndarray,
+                      benchmark: Benchmark) -> dict[str, Any]:
+    """Scores of one benchmark from its verdicts.
+
+    Args:
+      correct_pn: bool [P, n] verdicts.
+      answers_pn: object [P, n] extracted answers (None: no answer), for the majority vote.
+      benchmark: The resolved benchmark (its ``n`` and ``metric``).
+
+    Returns:
+      ``{"metric": "acc" | "avg@n", "score": headline}``; with n > 1 also ``pass@k`` for every
+      power of two k <= n (and n itself) and ``maj@n``.
+    """
+    out: dict[str, Any] = {"metric": benchmark.metric, "score": avg_at_k(correct_pn)}
+    n = correct_pn.shape[1]
+    if n > 1:
+        for k in pass_ks(n):
+            out[f"pass@{k}"] = mean_pass_at_k(correct_pn, k)
+        out[f"maj@{n}"] = float(np.mean([majority_correct(answers, correct) for answers, correct
+                                          in zip(answers_pn, correct_pn)]))
+    return out
+
+
+def pass_ks(n: int) -> list[int]:
+    """Powers of two up to n, plus n: the k of the reported pass@k."""
+    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    """maj@n of one problem: is the most common extracted answer a correct one?
+
+    Votes are compared by their normalised text (``\\dfrac12`` and ``\\frac{1}{2}`` are one
+    vote); the winner's verdict is the verifier's verdict on a response that gave it, so no
+    extra (possibly slow) equivalence check runs outside the timed-out worker pool.
+    """
+    keys = [None if a is None else _vote_key(a) for a in answers]
+    winner = majority_answer(keys)
+    return winner is not None and bool(correct[keys.index(winner)])
+
+
+def _vote_key(answer: str) -> str:
+    if len(answer) > _MAX_VOTE_CHARS:
+        return answer.strip()
+    try:
+        norm = normalize(answer)
+    except Exception:  # pylint: disable=broad-except
+        return answer.strip()  # A vote must never crash an evaluation.
+    return f"{norm.key}|{norm.unit}"
+
+
+def paper_average(results: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The paper's six-benchmark "Avg." of headline scores, or None unless all six are present."""
+    if not all(name in results for name in PAPER_BENCHMARKS):
+        return None
+    return benchmark_average({name: results[name]["score"] for name in PAPER_BENCHMARKS},
+                             PAPER_BENCHMARKS)
+
+
+def validation_metrics(results: Mapping[str, Mapping[str, Any]],
+                       prefix: str = "eval") -> dict[str, float]:
+    """Flat float metrics for the trainer's log: ``<prefix>/<set>/accuracy`` and friends.
+
+    ``accuracy`` is the headline score (greedy accuracy, or avg@n for sampled sets); sampled sets
+    add their ``pass@k`` and ``maj@n``; every set adds ``response_length`` and ``truncated``.
+    With several sets, ``<prefix>/average/accuracy`` is their unweighted mean.
+    """
+    out = {}
+    for name, row in results.items():
+        out[f"{prefix}/{name}/accuracy"] = float(row["score"])
+        for key, value in row.items():
+            if key.startswith(("pass@", "maj@")):
+                out[f"{prefix}/{name}/{key}"] = float(value)
+        out[f"{prefix}/{name}/response_length"] = float(row["mean_tokens"])
+        out[f"{prefix}/{name}/truncated"] = float(row["truncated"])
+    if len(results) > 1:
+        out[f"{prefix}/average/accuracy"] = benchmark_average(
+            {name: row["score"] for name, row in results.items()})
+    return out
 
 
 def _string_equal(a: str, b: str) -> bool:

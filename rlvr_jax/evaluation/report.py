@@ -14,11 +14,14 @@ import os
 import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
-from rlvr_jax.evaluation.metrics import benchmark_average
+from rlvr_jax.evaluation.metrics import benchmark_average, paper_average
 
 Results = Mapping[str, Mapping[str, float | int]]
 
 AVERAGE_ROW = "average"
+# Table columns that frame the metric columns (everything else sits between them).
+_LEAD_COLUMNS = ("metric", "score")
+_TAIL_COLUMNS = ("truncated", "mean_tokens", "num_problems", "n", "decoding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,36 @@ def write_samples(path: str | os.PathLike,
             count += 1
     os.replace(tmp, path)
     return count
+
+
+def table_columns(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown-table column order: headline first, pass@k / maj@n, then diagnostics and counts."""
+    seen = list(dict.fromkeys(m for row in results.values() for m in row))
+    middle = [m for m in seen if m not in _LEAD_COLUMNS + _TAIL_COLUMNS]
+    return [m for m in _LEAD_COLUMNS if m in seen] + middle + [m for m in _TAIL_COLUMNS
+                                                              if m in seen]
+
+
+def write_outputs(out_dir: str | os.PathLike, results: Results,
+                  records: Mapping[str, Sequence[SampleRecord]],
+                  meta: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
+    """Writes ``samples/<benchmark>.jsonl``, ``summary.json`` and ``results.md`` into ``out_dir``.
+
+    ``summary.json`` also holds ``paper_average`` (when all six paper benchmarks were evaluated)
+    and ``meta``.
+
+    Returns:
+      ``{"summary": path, "table": path, "samples/<benchmark>": path, ...}``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    paths = {}
+    for name, rows in records.items():
+        paths[f"samples/{name}"] = out_dir / "samples" / f"{name}.jsonl"
+        write_samples(paths[f"samples/{name}"], rows)
+    meta = dict(meta or {})
+    meta["paper_average"] = paper_average(results)
+    paths.update(write_report(out_dir, results, meta, metrics=table_columns(results)))
+    return paths
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:

@@ -30,13 +30,11 @@ import tqdm
 
 from rlvr_jax.data import Example, build_prompt, tokenize_prompts
 from rlvr_jax.data.tokenizers import STOP_MODES, stop_token_ids
-from rlvr_jax.evaluation.benchmarks import (PAPER_BENCHMARKS, Benchmark, benchmark_names,
-                                            get_benchmark, load_benchmark)
-from rlvr_jax.evaluation.metrics import (avg_at_k, benchmark_average, majority_answer,
-                                         mean_pass_at_k)
-from rlvr_jax.evaluation.report import SampleRecord, write_report, write_samples
+from rlvr_jax.evaluation.benchmarks import (Benchmark, benchmark_names, get_benchmark,
+                                            load_benchmark)
+from rlvr_jax.evaluation.metrics import avg_at_k, benchmark_metrics, validation_metrics
+from rlvr_jax.evaluation.report import SampleRecord, write_samples
 from rlvr_jax.rewards.extract import extract_answer
-from rlvr_jax.rewards.normalize import normalize
 
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 GenerateFn = Callable[..., Any]
@@ -46,13 +44,8 @@ Records = dict[str, list[SampleRecord]]
 # The paper's sampled protocol, applied to greedy benchmarks when sampling is forced.
 SAMPLED_TEMPERATURE = 0.6
 SAMPLED_N = 8
-# Longer answers are voted on verbatim: normalising is quadratic (the verifier's own cut-off).
-_MAX_VOTE_CHARS = 2000
 # Tokenising without a cap: evaluation never drops or truncates a problem.
 _NO_PROMPT_CAP = 1 << 30
-# Table columns that frame the metric columns (everything else sits between them).
-_LEAD_COLUMNS = ("metric", "score")
-_TAIL_COLUMNS = ("truncated", "mean_tokens", "num_problems", "n", "decoding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,57 +288,6 @@ def evaluate(params: Any, cfg: Any, tokenizer: Any,
     return evaluator.run(params, cfg)
 
 
-def benchmark_metrics(correct_pn: np.ndarray, answers_pn: np.ndarray,
-                      benchmark: Benchmark) -> dict[str, Any]:
-    """Scores of one benchmark from its verdicts.
-
-    Args:
-      correct_pn: bool [P, n] verdicts.
-      answers_pn: object [P, n] extracted answers (None: no answer), for the majority vote.
-      benchmark: The resolved benchmark (its ``n`` and ``metric``).
-
-    Returns:
-      ``{"metric": "acc" | "avg@n", "score": headline}``; with n > 1 also ``pass@k`` for every
-      power of two k <= n (and n itself) and ``maj@n``.
-    """
-    out: dict[str, Any] = {"metric": benchmark.metric, "score": avg_at_k(correct_pn)}
-    n = correct_pn.shape[1]
-    if n > 1:
-        for k in pass_ks(n):
-            out[f"pass@{k}"] = mean_pass_at_k(correct_pn, k)
-        out[f"maj@{n}"] = float(np.mean([majority_correct(answers, correct) for answers, correct
-                                          in zip(answers_pn, correct_pn)]))
-    return out
-
-
-def pass_ks(n: int) -> list[int]:
-    """Powers of two up to n, plus n: the k of the reported pass@k."""
-    ks = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
-    return ks if ks[-1] == n else ks + [n]
-
-
-def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    """maj@n of one problem: is the most common extracted answer a correct one?
-
-    Votes are compared by their normalised text (``\\dfrac12`` and ``\\frac{1}{2}`` are one
-    vote); the winner's verdict is the verifier's verdict on a response that gave it, so no
-    extra (possibly slow) equivalence check runs outside the timed-out worker pool.
-    """
-    keys = [None if a is None else _vote_key(a) for a in answers]
-    winner = majority_answer(keys)
-    return winner is not None and bool(correct[keys.index(winner)])
-
-
-def _vote_key(answer: str) -> str:
-    if len(answer) > _MAX_VOTE_CHARS:
-        return answer.strip()
-    try:
-        norm = normalize(answer)
-    except Exception:  # pylint: disable=broad-except
-        return answer.strip()  # A vote must never crash an evaluation.
-    return f"{norm.key}|{norm.unit}"
-
-
 def describe_decoding(benchmark: Benchmark) -> str:
     """Short protocol label for tables, e.g. ``greedy`` or ``t=0.6 top_p=1``."""
     if benchmark.greedy:
@@ -364,65 +306,6 @@ def _records(b: Benchmark, examples, responses, extracted, correct_pn) -> list[S
                          response=responses[p * b.n + s], extracted=extracted[p * b.n + s],
                          gold=e.answer, correct=bool(correct_pn[p, s]))
             for p, e in enumerate(examples) for s in range(b.n)]
-
-
-def paper_average(results: Mapping[str, Mapping[str, Any]]) -> float | None:
-    """The paper's six-benchmark "Avg." of headline scores, or None unless all six are present."""
-    if not all(name in results for name in PAPER_BENCHMARKS):
-        return None
-    return benchmark_average({name: results[name]["score"] for name in PAPER_BENCHMARKS},
-                             PAPER_BENCHMARKS)
-
-
-def table_columns(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Markdown-table column order: headline first, pass@k / maj@n, then diagnostics and counts."""
-    seen = list(dict.fromkeys(m for row in results.values() for m in row))
-    middle = [m for m in seen if m not in _LEAD_COLUMNS + _TAIL_COLUMNS]
-    return [m for m in _LEAD_COLUMNS if m in seen] + middle + [m for m in _TAIL_COLUMNS
-                                                              if m in seen]
-
-
-def validation_metrics(results: Mapping[str, Mapping[str, Any]],
-                       prefix: str = "eval") -> dict[str, float]:
-    """Flat float metrics for the trainer's log: ``<prefix>/<set>/accuracy`` and friends.
-
-    ``accuracy`` is the headline score (greedy accuracy, or avg@n for sampled sets); sampled sets
-    add their ``pass@k`` and ``maj@n``; every set adds ``response_length`` and ``truncated``.
-    With several sets, ``<prefix>/average/accuracy`` is their unweighted mean.
-    """
-    out = {}
-    for name, row in results.items():
-        out[f"{prefix}/{name}/accuracy"] = float(row["score"])
-        for key, value in row.items():
-            if key.startswith(("pass@", "maj@")):
-                out[f"{prefix}/{name}/{key}"] = float(value)
-        out[f"{prefix}/{name}/response_length"] = float(row["mean_tokens"])
-        out[f"{prefix}/{name}/truncated"] = float(row["truncated"])
-    if len(results) > 1:
-        out[f"{prefix}/average/accuracy"] = benchmark_average(
-            {name: row["score"] for name, row in results.items()})
-    return out
-
-
-def write_outputs(out_dir: str | os.PathLike, results: Results, records: Records,
-                  meta: Mapping[str, Any] | None = None) -> dict[str, pathlib.Path]:
-    """Writes ``samples/<benchmark>.jsonl``, ``summary.json`` and ``results.md`` into ``out_dir``.
-
-    ``summary.json`` also holds ``paper_average`` (when all six paper benchmarks were evaluated)
-    and ``meta``.
-
-    Returns:
-      ``{"summary": path, "table": path, "samples/<benchmark>": path, ...}``.
-    """
-    out_dir = pathlib.Path(out_dir)
-    paths = {}
-    for name, rows in records.items():
-        paths[f"samples/{name}"] = out_dir / "samples" / f"{name}.jsonl"
-        write_samples(paths[f"samples/{name}"], rows)
-    meta = dict(meta or {})
-    meta["paper_average"] = paper_average(results)
-    paths.update(write_report(out_dir, results, meta, metrics=table_columns(results)))
-    return paths
 
 
 def make_validation_fn(tokenizer: Any, benchmarks: Sequence[str | os.PathLike | Benchmark], *,

@@ -19,7 +19,6 @@ sampler, log-prob, update and reward functions; `RunOutputs`: checkpointer, writ
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import signal
 import time
 from typing import Any, Callable, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 
 from rlvr_jax import distributed
 from rlvr_jax.compile_counter import CompileCounter
-from rlvr_jax.algorithms import get_advantage_estimator
+from rlvr_jax.algorithms import outcome_advantages
 from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
 from rlvr_jax.rewards.registry import build_reward, problem_key
@@ -237,7 +236,9 @@ class RLLoop:
         group_ids = np.repeat(np.asarray(batch.group_ids_b), self.rollout.n)
         update_metrics = {}
         if self.critic is None:
-            advantages = self._advantages(rewards, group_ids, np.asarray(result.response_lengths))
+            advantages = np.asarray(outcome_advantages(
+                self.settings.advantage, rewards, group_ids, norm_by_std=self.settings.norm_by_std,
+                token_counts=np.asarray(result.response_lengths)))
         else:
             advantages, critic_metrics = self.critic.update(step, rewards, values, rb.arrays(), put=self._put,
                                                             old_logp=old_logp, ref_logp=ref_logp)
@@ -301,13 +302,6 @@ class RLLoop:
         keys = [problem_key(ex.question, ex.answer) for ex in batch.examples for _ in range(self.rollout.n)]
         rewards, metrics = self.reward.shape(scores, np.asarray(result.response_lengths), keys)
         return np.asarray(rewards, np.float32), metrics
-
-    def _advantages(self, rewards: np.ndarray, group_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        estimator = get_advantage_estimator(self.settings.advantage)
-        accepted = inspect.signature(estimator).parameters
-        # Options an estimator takes by name: GRPO's std switch, REINFORCE++'s token-weighted whitening.
-        options = {"norm_by_std": self.settings.norm_by_std, "token_counts": lengths}
-        return np.asarray(estimator(rewards, group_ids, **{k: v for k, v in options.items() if k in accepted}))
 
     def _generate(self, batch, step: int, round_index: int = 0):
         """The rollout of `batch`; round r > 0 of dynamic sampling gets its own seed."""
