@@ -38,11 +38,10 @@ def summarize(trace_dir: str, top: int = 25) -> str:
         return "profile: no timed events in the trace"
     start = min(e["ts"] for e in events)
     span = max(e["ts"] + e["dur"] for e in events) - start
-    # Python-side and runtime bookkeeping events nest around the ops; keep the XLA op/thunk threads only,
-    # falling back to everything when the thread names say nothing.
+    # Python frames ("$file:line fn") and the runtime's executor spans nest around the ops: keep the ops.
     def is_op(e):
-        name = threads.get((e.get("pid"), e.get("tid")), "")
-        return "python" not in name.lower()
+        name = e["name"]
+        return not (name.startswith("$") or name.startswith("ThunkExecutor") or "ThreadPool" in name)
     total, count = collections.Counter(), collections.Counter()
     for e in events:
         if is_op(e):

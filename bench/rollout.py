@@ -280,8 +280,11 @@ def main(argv=None):
           f"load avg before: {os.getloadavg()[0]:.1f}")
     workload = {"realistic": realistic, "fixed": fixed, "gpu": gpu}[args.workload]
     if args.profile:
-        with jax.profiler.trace(args.profile):
+        from profile_summary import summarize
+
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
             workload(args)
+        print(summarize(args.profile))
     else:
         workload(args)
     print(f"load avg after: {os.getloadavg()[0]:.1f}")

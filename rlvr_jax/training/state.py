@@ -209,10 +209,14 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, 
     Returns:
       The new state (rng untouched).
     """
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    def step(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
     if skip is None:
-        return new
-    keep = lambda n, o: jnp.where(skip, o, n)  # noqa: E731 - elementwise select keeps shardings
-    return jax.tree.map(keep, new, state)
+        return step(state)
+    # A branch, not `where(skip, old, new)`: the select keeps the old and the new params and moments
+    # alive together (~1.7x the params in temporaries, measured with `memory_analysis`), the branch
+    # updates the donated buffers in place (1x).
+    return jax.lax.cond(skip, lambda s: s, step, state)
