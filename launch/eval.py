@@ -25,10 +25,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `configs` from a checkout.
 
-from rlvr_jax import host_devices  # noqa: E402  (imports no JAX)
-
-host_devices.use_all_cpu_cores()  # Before JAX starts its CPU backend.
-
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -7,7 +7,7 @@
 A run started again with the same --workdir resumes from its latest checkpoint. Multi-process runs:
 every process runs this same command with --coordinator_address, --num_processes and --process_id
 (or --distributed on TPU pods); process 0 writes config, metrics and samples. On a CPU-only machine
-XLA gets one device per core (see rlvr_jax/host_devices.py; XLA_FLAGS with a device count wins).
+XLA runs one device over every core (docs/accelerators.md says why not one device per core).
 The work is `rlvr_jax.experiment.train(config, workdir)`.
 """
 
@@ -16,10 +16,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `configs` from a checkout.
-
-from rlvr_jax import host_devices  # noqa: E402  (imports no JAX)
-
-host_devices.use_all_cpu_cores()  # Before JAX starts its CPU backend.
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
