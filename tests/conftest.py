@@ -9,7 +9,22 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# A persistent compilation cache for this session only: the end-to-end tests start `launch/train.py`
+# over and over on the same configs, and each fresh process would recompile the same programs (half
+# of a resume test's time). JAX reads these variables at import, here and in every child process
+# (train_cli and the multi-process workers copy os.environ). A new empty directory per session, so no
+# run ever loads another run's binaries; compilations are still counted on a hit
+# (`rlvr_jax.compile_counter`), so tests that count them see the same numbers.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="rlvr_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tiny-model programs compile in < 1 s
 
 import pytest  # noqa: E402
 
