@@ -26,8 +26,8 @@ def get_config(arg=None):
     # params and AdamW moments (bench/demo_memory.py measures the whole run).
     c.model.remat = "full"
     # FSDP over whatever devices there are. On a CPU host that is XLA's one device, which runs on every core:
-    # splitting the host into a device per core made the demo's update ~1.4x slower and its peak memory
-    # higher (BENCHMARKS.md), and its in-process collectives can stall when the cores are all busy.
+    # splitting the host into a device per core raised the demo's peak memory, was no faster (float32: 1.4x
+    # slower), and its in-process collectives can stall when the cores are all busy (BENCHMARKS.md).
     c.mesh.shape = (1, -1, 1)
     c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
     c.data.system_prompt = common.SYSTEM_PROMPT
