@@ -122,6 +122,45 @@ def test_adamw_step_matches_numpy():
     assert int(state.step) == 2
 
 
+def test_skipped_step_keeps_the_whole_state():
+    cfg = tr.OptimizerConfig(learning_rate=0.1)
+    state = tr.create_train_state({"w": jnp.ones((3, 4), jnp.float32)}, cfg)
+    tx = tr.make_optimizer(cfg)
+    state = tr.apply_gradients(state, {"w": jnp.full((3, 4), 0.5, jnp.float32)}, tx)  # non-zero moments
+    before = to_np(state)
+    grads = {"w": jnp.full((3, 4), 2.0, jnp.float32)}
+    apply = jax.jit(lambda s, g, skip: tr.apply_gradients(s, g, tx, skip=skip))
+    skipped = to_np(apply(state, grads, jnp.asarray(True)))
+    jax.tree.map(np.testing.assert_array_equal, skipped, before)  # params, moments, counts, step
+    taken = to_np(apply(state, grads, jnp.asarray(False)))
+    unskipped = to_np(jax.jit(lambda s, g: tr.apply_gradients(s, g, tx))(state, grads))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), taken, unskipped)  # fusion order
+    assert int(taken.step) == int(before.step) + 1
+
+
+def test_bf16_first_moment():
+    rng = np.random.default_rng(1)
+    p0 = {"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(8, 8)) * 0.1, jnp.float32)} for _ in range(3)]
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = tr.OptimizerConfig(learning_rate=1e-2, mu_dtype=dtype)
+        state, tx = tr.create_train_state(p0, cfg), tr.make_optimizer(cfg)
+        trail = []
+        for g in grads:
+            state = tr.apply_gradients(state, g, tx)
+            trail.append(np.asarray(state.params["w"]))
+        mu = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+        assert [x.mu["w"].dtype for x in mu if hasattr(x, "mu")] == [jnp.dtype(dtype)]
+        runs[dtype] = trail
+    # Step 1 uses the float32 moment before it is stored: identical; later steps differ by bf16 rounding.
+    np.testing.assert_array_equal(runs["bfloat16"][0], runs["float32"][0])
+    np.testing.assert_allclose(runs["bfloat16"][2], runs["float32"][2], rtol=0, atol=1e-4)
+    assert not np.array_equal(runs["bfloat16"][2], runs["float32"][2])
+    with pytest.raises(ValueError, match="mu_dtype"):
+        tr.OptimizerConfig(mu_dtype="float16")
+
+
 def test_schedules():
     def lr(**kw):
         schedule = tr.make_schedule(tr.OptimizerConfig(learning_rate=1.0, **kw))

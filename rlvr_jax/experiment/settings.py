@@ -44,7 +44,8 @@ def optimizer_config(config) -> OptimizerConfig:
     a = config.actor
     return OptimizerConfig(learning_rate=a.lr, schedule=a.schedule, warmup_steps=a.warmup_steps,
                            total_steps=config.trainer.total_steps * a.ppo_epochs, b1=a.b1, b2=a.b2,
-                           weight_decay=a.weight_decay, grad_clip=a.grad_clip or None)
+                           weight_decay=a.weight_decay, grad_clip=a.grad_clip or None,
+                           mu_dtype=a.mu_dtype)
 
 
 def update_config(config) -> UpdateConfig:

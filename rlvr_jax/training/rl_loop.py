@@ -28,6 +28,7 @@ import numpy as np
 
 from rlvr_jax import distributed
 from rlvr_jax.compile_counter import CompileCounter
+from rlvr_jax.host_memory import release_free_memory
 from rlvr_jax.algorithms import outcome_advantages
 from rlvr_jax.data.batching import PromptIterator, tokenize_prompts
 from rlvr_jax.data.prompts import build_prompt
@@ -196,6 +197,7 @@ class RLLoop:
         if self.validate is None:
             return
         scores = self.validate(self.state.params, step)
+        release_free_memory()  # the evaluation's caches and programs' scratch
         if scores:
             self.writer.write(step, scores)
             self.history.append({"step": step, **scores})
@@ -250,6 +252,7 @@ class RLLoop:
         jax.block_until_ready((old_logp, ref_logp, values))
         t_ref = time.time()
         if self.critic is None or step > self.critic.warmup_steps:
+            release_free_memory()  # the update's temporaries come on top of what the host still holds
             self.state, actor_metrics = self.update_fn(self.state, update_batch)
             update_metrics.update(distributed.to_host(actor_metrics))
         self._check_finite(step, update_metrics)
