@@ -110,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.actor.b2 = 0.999  # AdamW beta2.
     c.actor.weight_decay = 0.01  # AdamW decoupled weight decay.
     c.actor.grad_clip = 1.0  # Global-norm gradient clipping.
-    c.actor.mu_dtype = "float32"  # Storage of AdamW's first moment: float32 | bfloat16 (a quarter less state).
+    c.actor.mu_dtype = "float32"  # Storage of AdamW's first moment: float32 | bfloat16 (half its bytes).
     c.actor.ppo_epochs = 1  # Passes over the rollout batch per step.
     c.actor.mini_batch_size = 0  # Sequences per optimizer step; 0 = the whole batch (one update per step).
     # Sequences per forward/backward (gradient accumulation via lax.scan); padded passes only (packing: budget).

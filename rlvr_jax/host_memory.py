@@ -4,7 +4,7 @@ XLA's CPU runtime and the Python side allocate through the C library's malloc. g
 was freed in the middle of its heaps for reuse, so a process's resident size stays at the high-water mark
 of whatever ran before: after a rollout and an evaluation, the update's temporaries (gradients, optimizer
 temporaries) are added on top of memory nobody uses. `malloc_trim` hands those free pages back. On the
-CPU demo this lowers the update's peak by ~0.6 GB (BENCHMARKS.md, "Demo memory"); elsewhere (another libc,
+CPU demo this lowers the update's peak by ~0.6 GB (BENCHMARKS.md, the CPU demo's memory table); elsewhere (another libc,
 macOS, Windows) it does nothing.
 """
 

@@ -39,8 +39,8 @@ class OptimizerConfig:
       weight_decay: decoupled weight decay, applied to all params (as torch.optim.AdamW does).
       grad_clip: max global gradient norm; None or 0 disables clipping.
       mu_dtype: storage dtype of Adam's first moment ("float32" or "bfloat16"); each step's math is
-        float32 either way (optax casts the new moment after using it). bfloat16 saves a quarter of the
-        params + moments memory; optax keeps the second moment in float32.
+        float32 either way (optax casts the new moment after using it). bfloat16 halves the first moment
+        (a sixth of params + moments); optax keeps the second moment in float32.
     """
 
     learning_rate: float = 1e-6
