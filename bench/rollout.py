@@ -69,14 +69,17 @@ def math500_prompts(tokenizer, count: int) -> list[list[int]]:
 
 def interleaved(runners: dict, reps: int) -> dict:
     """Runs each runner once (warm-up), then `reps` interleaved rounds; returns {name: [(s, result)]}."""
-    for run in runners.values():
+    for name, run in runners.items():
+        t0 = time.perf_counter()
         run()
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     out = {k: [] for k in runners}
-    for _ in range(reps):
+    for rep in range(reps):
         for name, run in runners.items():
             t0 = time.perf_counter()
             res = run()
             out[name].append((time.perf_counter() - t0, res))
+            print(f"  rep {rep + 1}/{reps} {name}: {out[name][-1][0]:.1f} s", flush=True)
     return out
 
 
