@@ -40,7 +40,6 @@ def get_config(arg=None):
     # A chat model on a chat template: end at its end-of-turn too (not a paper reproduction).
     c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
-    c.actor.mu_dtype = "bfloat16"  # AdamW's first moment in bf16: 0.25 GB less (the step's math stays fp32).
     c.actor.micro_batch_size = 16  # The whole batch in one pass (no gradient-accumulation buffer).
     c.actor.logprob_chunk = 16  # Response tokens per [16, chunk, 49152] float32 logits block (50 MB).
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.

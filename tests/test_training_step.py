@@ -138,6 +138,18 @@ def test_skipped_step_keeps_the_whole_state():
     assert int(taken.step) == int(before.step) + 1
 
 
+def test_create_train_state_donates_only_when_asked():
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    cfg = tr.OptimizerConfig()
+    kept = {"w": jnp.asarray(w)}
+    tr.create_train_state(kept, cfg)
+    assert not kept["w"].is_deleted()  # the default copies: a reference model may share these weights
+    given = {"w": jnp.asarray(w)}
+    state = tr.create_train_state(given, cfg, donate=True)
+    assert given["w"].is_deleted()
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), w)
+
+
 def test_bf16_first_moment():
     rng = np.random.default_rng(1)
     p0 = {"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)}
