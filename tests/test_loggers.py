@@ -153,3 +153,17 @@ def test_train_cli_logs_to_wandb_offline(tmp_path):
         assert logged[row["step"]]["reward/mean"] == row["reward/mean"]
     assert logged[1]["samples/_type"] == "table-file"
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_summary_tables_have_one_column_per_value():
+    from rlvr_jax.training.report import summary_text
+
+    def widths(text):
+        return {line.count("|") for line in text.splitlines() if line.startswith("|")}
+
+    no_eval = summary_text([{"step": 1, "reward/mean": 0.25, "response/length_mean": 60.0}])
+    assert widths(no_eval) == {4} and "| 1 | 0.250 | 60 |" in no_eval
+    rows = [{"step": 0, "eval/add2d/accuracy": 0.1},
+            {"step": 1, "reward/mean": 0.5, "response/length_mean": 20.0, "eval/add2d/accuracy": 0.3}]
+    table = summary_text(rows).split("\n\n")[1]  # after the held-out before/after table
+    assert widths(table) == {5} and "| 1 | 0.500 | 20 | 30.0% |" in table

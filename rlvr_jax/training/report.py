@@ -51,7 +51,7 @@ def summary_text(rows: list[dict]) -> str:
             lines.append(f"| {key.split('/')[1]} | {s0} | {100 * a0:.1f}% | {s1} | {100 * a1:.1f}% | "
                          f"{100 * (a1 - a0):+.1f} pts |")
         lines.append("")
-    lines += ["| step | train reward | response length | " + " | ".join(k.split("/")[1] for k in eval_keys) + " |",
+    lines += ["| " + " | ".join(["step", "train reward", "response length"] + [k.split("/")[1] for k in eval_keys]) + " |",
               "|---:|---:|---:|" + "---:|" * len(eval_keys)]
     by_step: dict[int, dict] = {}
     for r in rows:
@@ -60,6 +60,6 @@ def summary_text(rows: list[dict]) -> str:
         r = by_step[step]
         reward = f"{r['reward/mean']:.3f}" if "reward/mean" in r else ""
         length = f"{r['response/length_mean']:.0f}" if "response/length_mean" in r else ""
-        accs = " | ".join(f"{100 * r[k]:.1f}%" if k in r else "" for k in eval_keys)
-        lines.append(f"| {step} | {reward} | {length} | {accs} |")
+        accs = [f"{100 * r[k]:.1f}%" if k in r else "" for k in eval_keys]
+        lines.append("| " + " | ".join([str(step), reward, length] + accs) + " |")
     return "\n".join(lines)
