@@ -54,9 +54,14 @@ def test_plan_rebuilds_every_sequence_and_respects_the_budget():
             real = batch["attention_mask"][i] > 0
             np.testing.assert_array_equal(plan.tokens[at][seg], batch["input_ids"][i][real])
             np.testing.assert_array_equal(plan.positions[at][seg], np.arange(real.sum()))
-            # resp_index points at the token just before each response token.
+            # resp_index -> logit_index points at the token just before each response token, and the
+            # logit positions are exactly the row's response-predicting ones (no prompt, no padding).
             for tt in np.flatnonzero(batch["attention_mask"][i, P:]):
-                assert plan.tokens[at][plan.resp_index[at][s, tt] + 1] == batch["input_ids"][i, P + tt]
+                j = plan.logit_index[at][plan.resp_index[at][s, tt]]
+                assert plan.tokens[at][j + 1] == batch["input_ids"][i, P + tt] and plan.segment_ids[at][j] == s + 1
+        n_resp = int(sum(batch["attention_mask"][i, P:].sum() for i in plan.seq_index[at][plan.slot_valid[at]]))
+        assert plan.logit_index.shape[-1] >= n_resp and not plan.logit_index[at][n_resp:].any()
+        assert len(set(plan.logit_index[at][:n_resp].tolist())) == n_resp
     assert seen == set(range(12)) and plan.real_tokens == int(batch["attention_mask"].sum())
     with pytest.raises(ValueError, match="no prompt token"):
         bad = dict(batch, attention_mask=batch["attention_mask"].copy())
@@ -205,6 +210,7 @@ def test_shape_ratchet_pads_plans_to_the_largest_seen(params):
     assert first.tokens.shape[-1] == second.tokens.shape[-1] == 16
     assert second.tokens.shape[2] >= plan(dense).tokens.shape[2] and second.resp_index.shape == tuple(
         max(a, b) for a, b in zip(first.resp_index.shape, plan(dense).resp_index.shape))
+    assert second.logit_index.shape[-1] == max(first.logit_index.shape[-1], plan(dense).logit_index.shape[-1])
     padded = tr.compute_logprobs(params, CFG, dense, temperature=TEMP)
     packed = packing.compute_logprobs_packed(params, CFG, dense, temperature=TEMP, max_tokens_per_micro_batch=16,
                                              ratchet=ratchet)

@@ -7,6 +7,7 @@ from rlvr_jax.models.transformer import (
     forward,
     init_cache,
     init_params,
+    lm_head,
     lm_head_kernel,
     logits_from_hidden,
     param_logical_axes,
@@ -16,5 +17,5 @@ from rlvr_jax.models.transformer import (
 
 __all__ = [
     "ModelConfig", "RopeScaling", "load_hf", "save_hf", "decoder_stack", "forward", "init_cache", "init_params",
-    "lm_head_kernel", "logits_from_hidden", "param_logical_axes", "param_shapes", "positions_from_mask",
+    "lm_head", "lm_head_kernel", "logits_from_hidden", "param_logical_axes", "param_shapes", "positions_from_mask",
 ]

@@ -323,10 +323,22 @@ def lm_head_kernel(params: dict, cfg: ModelConfig) -> jax.Array:
     return params["lm_head"]["kernel"]
 
 
+def lm_head(params: dict, cfg: ModelConfig) -> tuple[jax.Array, str]:
+    """`(weight, spec)`: the output projection as stored and its einsum operand spec.
+
+    A tied model projects with its `[v, d]` embedding ("vd"), an untied one with its `[d, v]` kernel
+    ("dv"). Matmuls read either in place: XLA's CPU backend materialised `embedding.T` on every
+    use, a copy of the whole table that took longer than the logits matmul it fed.
+    """
+    if cfg.tie_word_embeddings:
+        return params["embed_tokens"]["embedding"], "vd"
+    return params["lm_head"]["kernel"], "dv"
+
+
 def logits_from_hidden(params: dict, cfg: ModelConfig, h_btd: jax.Array) -> jax.Array:
     """Float32 logits `[..., v]` from final hidden states (matmul in compute dtype, f32 accumulate)."""
-    w = lm_head_kernel(params, cfg).astype(h_btd.dtype)
-    return jnp.einsum("...d,dv->...v", h_btd, w, preferred_element_type=jnp.float32)
+    w, spec = lm_head(params, cfg)
+    return jnp.einsum(f"...d,{spec}->...v", h_btd, w.astype(h_btd.dtype), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharder"))

@@ -55,12 +55,13 @@ def response_hidden(params, cfg: ModelConfig, input_ids_bt, attention_mask_bt, r
 
 
 def logprobs_from_hidden(
-    h_brd, w_dv, targets_br, *, temperature: float, chunk: int, with_entropy: bool, sharder=None
+    h_brd, w, targets_br, *, temperature: float, chunk: int, with_entropy: bool, sharder=None, w_spec: str = "dv"
 ):
     """Log-probs of `targets` (and entropy) under `softmax(h @ w / temperature)`, chunked over R.
 
     Args:
-      h_brd: `[b, R, d]` hidden states. w_dv: `[d, v]` output projection (compute dtype).
+      h_brd: `[b, R, d]` hidden states. w: the output projection (compute dtype), `[d, v]` or, with
+        `w_spec="vd"`, `[v, d]` (a tied embedding as stored: `transformer.lm_head`).
       targets_br: `[b, R]` int token ids.
       temperature: the rollout temperature (logits are divided by it in float32).
       chunk: response positions per logits block.
@@ -81,7 +82,7 @@ def logprobs_from_hidden(
     # Remat: the backward pass recomputes one block's logits instead of storing all of them.
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def block(h_bcd, y_bc):
-        logits = jnp.einsum("bcd,dv->bcv", h_bcd, w_dv, preferred_element_type=jnp.float32) * inv_temp
+        logits = jnp.einsum(f"bcd,{w_spec}->bcv", h_bcd, w, preferred_element_type=jnp.float32) * inv_temp
         logits = shd.constrain(sharder, logits, (shd.ACT_BATCH, shd.ACT_LENGTH, shd.ACT_VOCAB))
         lse = jax.nn.logsumexp(logits, axis=-1)
         # A masked sum instead of a gather: stays local when the vocabulary is sharded.
@@ -112,11 +113,10 @@ def response_logprobs(
       `(logp_br, entropy_br or None)`, float32 `[b, R]` (padding positions hold finite garbage).
     """
     h_brd = response_hidden(params, cfg, input_ids_bt, attention_mask_bt, response_len, sharder=sharder)
-    w_dv = transformer.lm_head_kernel(params, cfg).astype(h_brd.dtype)
+    w, w_spec = transformer.lm_head(params, cfg)
     targets_br = input_ids_bt[:, input_ids_bt.shape[1] - response_len :]
-    return logprobs_from_hidden(
-        h_brd, w_dv, targets_br, temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder
-    )
+    return logprobs_from_hidden(h_brd, w.astype(h_brd.dtype), targets_br, temperature=temperature, chunk=chunk,
+                                with_entropy=with_entropy, sharder=sharder, w_spec=w_spec)
 
 
 def params_shardings(cfg: ModelConfig, sharder: shd.Sharder, logical_axes=None, shapes=None):

@@ -14,9 +14,12 @@ Micro-batches past the last real one are skipped at run time (`lax.cond`), so th
 
 Plan arrays (host NumPy) have leading `[rows, G, M]`: row within a micro-batch (sharded along the batch
 mesh axes, so every device computes its own rows), group (the update's mini-batch; 1 for log-prob
-passes), micro-batch. Results come back in the padded `[B, R]` response layout through two indices:
-`resp_index [.., S, R]` (row slot whose hidden state predicts response token t of slot s) and
-`seq_index [.., S]` (the batch row each slot holds).
+passes), micro-batch. Only the positions that predict a response token are projected to the vocabulary:
+`logit_index [.., Q]` lists them per row (Q, a power of two, bounds a row's response tokens; on RL
+batches about half a row is prompt), so the logits, the softmax over the vocabulary and their backward
+pass never run on prompt or padding positions. Results come back in the padded `[B, R]` response layout
+through two more indices: `resp_index [.., S, R]` (entry of `logit_index` that predicts response token
+t of slot s) and `seq_index [.., S]` (the batch row each slot holds).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from rlvr_jax.training.logprobs import logprobs_from_hidden
 # little next to its matmuls, and short rows would leave most bins holding one sequence.
 MIN_ROW_LEN = 256
 
-PLAN_KEYS = ("tokens", "positions", "segment_ids", "resp_index", "seq_index", "slot_valid")
+PLAN_KEYS = ("tokens", "positions", "segment_ids", "logit_index", "resp_index", "seq_index", "slot_valid")
 
 
 def _pow2(n: int) -> int:
@@ -76,7 +79,10 @@ class PackedPlan:
 
     Attributes:
       tokens, positions, segment_ids: `[rows, G, M, T]` int32.
-      resp_index: `[rows, G, M, S, R]` int32; 0 where response token t does not exist.
+      logit_index: `[rows, G, M, Q]` int32 row positions whose next-token log-probs are needed, in row
+        order; 0 past a row's last one.
+      resp_index: `[rows, G, M, S, R]` int32 entry of `logit_index` predicting response token t of slot
+        s; 0 where that token does not exist.
       seq_index: `[rows, G, M, S]` int32 batch row of each slot (0 for empty slots).
       slot_valid: `[rows, G, M, S]` bool.
       real_tokens: real tokens packed (all groups). micro_batches: `[G]` micro-batches in use per group.
@@ -85,6 +91,7 @@ class PackedPlan:
     tokens: np.ndarray
     positions: np.ndarray
     segment_ids: np.ndarray
+    logit_index: np.ndarray
     resp_index: np.ndarray
     seq_index: np.ndarray
     slot_valid: np.ndarray
@@ -158,8 +165,11 @@ def plan_packing(
     _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins))
     m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
     s = _pow2(max([len(bin_) for bg in bins for bin_ in bg] or [1]))
+    resp_lengths = mask[:, p:].sum(axis=1)
+    q = _pow2(max([int(resp_lengths[bin_].sum()) for bg in bins for bin_ in bg] or [1]))
     shape = (rows, len(groups), m)
     out = {k: np.zeros(shape + (row_len,), np.int32) for k in ("tokens", "positions", "segment_ids")}
+    logit_index = np.zeros(shape + (q,), np.int32)
     resp_index = np.zeros(shape + (s, response_len), np.int32)
     seq_index = np.zeros(shape + (s,), np.int32)
     slot_valid = np.zeros(shape + (s,), bool)
@@ -167,18 +177,20 @@ def plan_packing(
     for g, bg in enumerate(bins):
         for j, bin_ in enumerate(bg):
             at = (j % rows, g, j // rows)
-            start = 0
+            start = used = 0
             for slot, i in enumerate(bin_):
-                n = int(lengths[i])
+                n, k = int(lengths[i]), int(resp_lengths[i])
                 out["tokens"][at][start : start + n] = ids[i][mask[i]]
                 out["positions"][at][start : start + n] = np.arange(n)
                 out["segment_ids"][at][start : start + n] = slot + 1
                 # Response token t (slot p + t) is predicted by the real token just before it.
-                resp_index[at][slot] = np.where(mask[i, p:], start + offsets[i, p:] - 1, 0)
+                real_t = mask[i, p:]
+                logit_index[at][used : used + k] = start + offsets[i, p:][real_t] - 1
+                resp_index[at][slot] = np.where(real_t, used + np.cumsum(real_t) - 1, 0)
                 seq_index[at][slot], slot_valid[at][slot] = i, True
-                start += n
+                start, used = start + n, used + k
     micro = tuple(math.ceil(len(bg) / rows) for bg in bins)
-    return PackedPlan(**out, resp_index=resp_index, seq_index=seq_index, slot_valid=slot_valid,
+    return PackedPlan(**out, logit_index=logit_index, resp_index=resp_index, seq_index=seq_index, slot_valid=slot_valid,
                       real_tokens=int(lengths.sum()), micro_batches=micro)
 
 
@@ -192,30 +204,32 @@ def batch_shards(sharder: shd.Sharder | None) -> int:
 
 
 def packed_logprobs(
-    params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, resp_index_rsr, *, temperature: float,
-    chunk: int, with_entropy: bool, sharder=None,
+    params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, logit_index_rq, resp_index_rsr, *,
+    temperature: float, chunk: int, with_entropy: bool, sharder=None,
 ):
     """Differentiable log-probs (and entropy) of the response tokens of one packed micro-batch.
 
     Args:
-      tokens_rt, positions_rt, segment_ids_rt: `[rows, T]` packed rows. resp_index_rsr: `[rows, S, R]`.
+      tokens_rt, positions_rt, segment_ids_rt: `[rows, T]` packed rows. logit_index_rq: `[rows, Q]`.
+      resp_index_rsr: `[rows, S, R]`.
       temperature, chunk, with_entropy, sharder: as `logprobs.logprobs_from_hidden`.
 
     Returns:
       `(logp, entropy or None)`, float32 `[rows * S, R]` in the padded response layout (slots holding
       no token carry finite garbage).
     """
-    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt.astype(jnp.int32), positions_rt, segment_ids_rt,
-                                      sharder=sharder)
-    w_dv = transformer.lm_head_kernel(params, cfg).astype(h_rtd.dtype)
-    # Position j predicts the token at j + 1 (across a segment boundary the target is never read).
-    targets_rt = jnp.concatenate([tokens_rt[:, 1:], jnp.zeros_like(tokens_rt[:, :1])], axis=1)
-    logp_rt, ent_rt = logprobs_from_hidden(h_rtd, w_dv, targets_rt, temperature=temperature, chunk=chunk,
-                                           with_entropy=with_entropy, sharder=sharder)
+    tokens_rt = tokens_rt.astype(jnp.int32)
+    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt, positions_rt, segment_ids_rt, sharder=sharder)
+    w, w_spec = transformer.lm_head(params, cfg)
+    # Only the positions that predict a response token: position j predicts the token at j + 1.
+    h_rqd = jnp.take_along_axis(h_rtd, logit_index_rq[:, :, None], axis=1)
+    targets_rq = jnp.take_along_axis(tokens_rt, jnp.minimum(logit_index_rq + 1, tokens_rt.shape[1] - 1), axis=1)
+    logp_rq, ent_rq = logprobs_from_hidden(h_rqd, w.astype(h_rqd.dtype), targets_rq, temperature=temperature,
+                                           chunk=chunk, with_entropy=with_entropy, sharder=sharder, w_spec=w_spec)
     rows, s, r = resp_index_rsr.shape
     index = resp_index_rsr.reshape(rows, s * r)
     to_resp = lambda x: jnp.take_along_axis(x, index, axis=1).reshape(rows * s, r)  # noqa: E731
-    return to_resp(logp_rt), (to_resp(ent_rt) if with_entropy else None)
+    return to_resp(logp_rq), (to_resp(ent_rq) if with_entropy else None)
 
 
 def micro_major(x, sharder=None, group: int | None = None):
@@ -252,8 +266,8 @@ def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
         def micro(carry, mb):
             def compute(mb):
                 logp, ent = packed_logprobs(
-                    params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["resp_index"],
-                    temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder,
+                    params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["logit_index"],
+                    mb["resp_index"], temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder,
                 )
                 return {"logp": logp} if ent is None else {"logp": logp, "entropy": ent}
 
@@ -299,9 +313,10 @@ def compute_logprobs_packed(
 class ShapeRatchet:
     """Keeps a run's packed shapes from shrinking, so it stops compiling once it has seen its longest batches.
 
-    Micro-batches per group (M) and sequence slots per row (S) vary with how a batch packs; padding a
-    plan up to the largest M and S seen for its other dimensions costs nothing at run time (empty
-    micro-batches are skipped, empty slots are masked) and reuses the compiled program.
+    Micro-batches per group (M), sequence slots per row (S) and logit positions per row (Q) vary with how
+    a batch packs; padding a plan up to the largest M, S and Q seen for its other dimensions costs little
+    at run time (empty micro-batches are skipped, empty slots are masked, spare logit positions project
+    position 0) and reuses the compiled program.
     """
 
     def __init__(self):
@@ -310,20 +325,21 @@ class ShapeRatchet:
     def __call__(self, plan: PackedPlan) -> PackedPlan:
         rows, g, m, t = plan.tokens.shape
         s, r = plan.resp_index.shape[-2:]
+        q = plan.logit_index.shape[-1]
         key = (rows, g, t, r)
-        m_max, s_max = (max(a, b) for a, b in zip(self._seen.get(key, (m, s)), (m, s)))
-        self._seen[key] = (m_max, s_max)
-        if (m_max, s_max) == (m, s):
+        m_max, s_max, q_max = (max(a, b) for a, b in zip(self._seen.get(key, (m, s, q)), (m, s, q)))
+        self._seen[key] = (m_max, s_max, q_max)
+        if (m_max, s_max, q_max) == (m, s, q):
             return plan
 
-        def pad(x, slot_axis: int | None):
+        def pad(x, axis: int | None = None, to: int = 0):
             widths = [(0, 0)] * x.ndim
             widths[2] = (0, m_max - m)
-            if slot_axis is not None:
-                widths[slot_axis] = (0, s_max - s)
+            if axis is not None:
+                widths[axis] = (0, to - x.shape[axis])
             return np.pad(x, widths)
 
         return dataclasses.replace(
-            plan, tokens=pad(plan.tokens, None), positions=pad(plan.positions, None),
-            segment_ids=pad(plan.segment_ids, None), resp_index=pad(plan.resp_index, 3),
-            seq_index=pad(plan.seq_index, 3), slot_valid=pad(plan.slot_valid, 3))
+            plan, tokens=pad(plan.tokens), positions=pad(plan.positions), segment_ids=pad(plan.segment_ids),
+            logit_index=pad(plan.logit_index, 3, q_max), resp_index=pad(plan.resp_index, 3, s_max),
+            seq_index=pad(plan.seq_index, 3, s_max), slot_valid=pad(plan.slot_valid, 3, s_max))
