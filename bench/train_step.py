@@ -18,7 +18,7 @@ packed speed-up.
 
 - On an accelerator it prints model FLOPs utilisation of the packed update: model FLOPs of the real
   tokens / step time / peak (`--peak-tflops` or a device table); model FLOPs = `6 N_layers` per token
-  + `6 d V` per token (packed rows project every position) + `12 L H E T` per token with T its row
+  + `6 d V` per response token (packed rows project only those) + `12 L H E T` per token with T its row
   length (PaLM's convention); rematerialised recompute is not counted.
 - `--profile DIR` writes a `jax.profiler` trace of one packed step (TensorBoard / Perfetto) and the
   update's optimized HLO, to see where the time goes.
@@ -174,12 +174,13 @@ def interleaved_medians(runners: dict, steps: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def model_flops_per_step(cfg, tokens: int, row_len: int) -> float:
-    """Forward + backward model FLOPs of `tokens` real tokens in rows of `row_len` (module docstring)."""
+def model_flops_per_step(cfg, tokens: int, row_len: int, projected: int) -> float:
+    """Forward + backward model FLOPs of `tokens` real tokens in rows of `row_len`, `projected` of them
+    (the response tokens) through the lm head (module docstring)."""
     d, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     qd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     n_layers = l * (d * qd + 2 * d * kd + qd * d + 3 * d * f)
-    return tokens * (6 * n_layers + 6 * d * cfg.vocab_size + 12 * l * qd * row_len)
+    return tokens * (6 * n_layers + 12 * l * qd * row_len) + projected * 6 * d * cfg.vocab_size
 
 
 def profile(run, out_dir: str) -> None:
@@ -248,7 +249,8 @@ def main():
     if backend != "cpu":
         device = jax.devices()[0]
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device.device_kind), None)
-        flops = model_flops_per_step(cfg, real, plan.tokens.shape[-1]) / medians["packed"]
+        projected = int(np.asarray(batch["response_mask"]).sum())
+        flops = model_flops_per_step(cfg, real, plan.tokens.shape[-1], projected) / medians["packed"]
         mfu = f"{flops / (peak * 1e12):.1%} of {peak} TFLOP/s" if peak else "unknown peak (pass --peak-tflops)"
         print(f"packed model FLOP/s {flops / 1e12:.1f} T, MFU {mfu}")
     if args.profile:

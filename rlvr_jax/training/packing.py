@@ -190,8 +190,8 @@ def plan_packing(
                 seq_index[at][slot], slot_valid[at][slot] = i, True
                 start, used = start + n, used + k
     micro = tuple(math.ceil(len(bg) / rows) for bg in bins)
-    return PackedPlan(**out, logit_index=logit_index, resp_index=resp_index, seq_index=seq_index, slot_valid=slot_valid,
-                      real_tokens=int(lengths.sum()), micro_batches=micro)
+    return PackedPlan(**out, logit_index=logit_index, resp_index=resp_index, seq_index=seq_index,
+                      slot_valid=slot_valid, real_tokens=int(lengths.sum()), micro_batches=micro)
 
 
 def batch_shards(sharder: shd.Sharder | None) -> int:
