@@ -327,8 +327,8 @@ def lm_head(params: dict, cfg: ModelConfig) -> tuple[jax.Array, str]:
     """`(weight, spec)`: the output projection as stored and its einsum operand spec.
 
     A tied model projects with its `[v, d]` embedding ("vd"), an untied one with its `[d, v]` kernel
-    ("dv"). Matmuls read either in place: XLA's CPU backend materialised `embedding.T` on every
-    use, a copy of the whole table that took longer than the logits matmul it fed.
+    ("dv"). Matmuls read either in place; given `embedding.T`, XLA's CPU backend materialised a
+    transposed copy of the whole table per use (chunked logits fwd+bwd: 2.5 s with it, 1.6 s without).
     """
     if cfg.tie_word_embeddings:
         return params["embed_tokens"]["embedding"], "vd"
