@@ -316,13 +316,6 @@ def decoder_stack_packed(
     return h
 
 
-def lm_head_kernel(params: dict, cfg: ModelConfig) -> jax.Array:
-    """The `[d, v]` output projection (the transposed embedding when tied)."""
-    if cfg.tie_word_embeddings:
-        return params["embed_tokens"]["embedding"].T
-    return params["lm_head"]["kernel"]
-
-
 def lm_head(params: dict, cfg: ModelConfig) -> tuple[jax.Array, str]:
     """`(weight, spec)`: the output projection as stored and its einsum operand spec.
 
@@ -333,6 +326,12 @@ def lm_head(params: dict, cfg: ModelConfig) -> tuple[jax.Array, str]:
     if cfg.tie_word_embeddings:
         return params["embed_tokens"]["embedding"], "vd"
     return params["lm_head"]["kernel"], "dv"
+
+
+def lm_head_kernel(params: dict, cfg: ModelConfig) -> jax.Array:
+    """The `[d, v]` output projection (the transposed embedding when tied); matmuls use `lm_head`."""
+    w, spec = lm_head(params, cfg)
+    return w.T if spec == "vd" else w
 
 
 def logits_from_hidden(params: dict, cfg: ModelConfig, h_btd: jax.Array) -> jax.Array:
