@@ -109,3 +109,62 @@ def test_window_and_compaction_shapes(model):
     got = sampling.generate(params, cfg, prompts, sub_batch_size=8, stats=stats, **kw)
     assert got.tokens == ref.tokens
     assert 0 < stats.utilisation() <= 1
+
+
+def test_shared_prefix_length():
+    assert engine.shared_prefix([[1] * 40 + [2], [1] * 40 + [3, 4]], multiple=16) == 32
+    assert engine.shared_prefix([[1] * 40 + [2], [1] * 40 + [3, 4]], multiple=1) == 40
+    assert engine.shared_prefix([[1] * 16, [1] * 16], multiple=16) == 0  # each prompt keeps a token of its own
+    assert engine.shared_prefix([[1] * 17, [1] * 40], multiple=16) == 16
+    assert engine.shared_prefix([[1] * 40], multiple=16) == 0  # one prompt: nothing to share
+    assert engine.shared_prefix([[5] + [1] * 40, [1] * 41], multiple=1) == 0
+
+
+def test_shared_prefix_prefill_equals_full_prefill(model):
+    """Prefix run once and copied == every row run in full: keys/values and last-position logits (fp32)."""
+    cfg, params = model
+    rng = np.random.default_rng(3)
+    system = rng.integers(1, 97, size=19).tolist()
+    prompts = [system + rng.integers(1, 97, size=k).tolist() for k in (1, 6, 3)]
+    p = 32
+    ids = np.zeros((4, p), np.int32)  # the 4th row is bucket padding: one pad token
+    lens = np.ones((4,), np.int32)
+    for i, q in enumerate(prompts):
+        ids[i, :len(q)], lens[i] = q, len(q)
+    shared = engine.shared_prefix(prompts, multiple=8)
+    assert shared == 16
+    full_cache, full_logits = engine.prefill(params, ids, lens, cfg=cfg, cache_dtype="float32")
+    cache, logits = engine.prefill(params, ids, lens, cfg=cfg, cache_dtype="float32", shared=shared)
+    np.testing.assert_allclose(np.asarray(logits)[:3], np.asarray(full_logits)[:3], rtol=1e-5, atol=1e-5)
+    for name in ("k", "v"):
+        for i, q in enumerate(prompts):
+            np.testing.assert_allclose(np.asarray(cache[name])[:, i, :len(q)], np.asarray(full_cache[name])[:, i, :len(q)],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_generate_with_a_shared_system_prompt_equals_the_static_reference(model):
+    cfg, params = model
+    rng = np.random.default_rng(4)
+    system = rng.integers(1, 97, size=18).tolist()
+    prompts = [system + rng.integers(1, 97, size=k).tolist() for k in (3, 7, 1, 5)]
+    assert engine.shared_prefix(prompts) == 16  # the engine's own multiple: the prefix path runs
+    out = sampling.generate(params, cfg, prompts, max_new_tokens=T, temperature=0.8, n=2, seed=9, progress=False,
+                            sub_batch_size=4)
+    tokens, logps = _static_reference(params, cfg, prompts, 2, T, 9, 0.8, ())
+    assert out.tokens == tokens
+    for got, want in zip(out.logprobs, logps):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_on_a_mesh_equals_unsharded(model):
+    cfg, params = model
+    sharder = shd.Sharder(shd.make_mesh((4, 1, 2)))
+    placed = jax.device_put(params, sharder.tree_shardings(models.param_logical_axes(cfg), params))
+    rng = np.random.default_rng(6)
+    system = rng.integers(1, 97, size=20).tolist()
+    prompts = [system + rng.integers(1, 97, size=k).tolist() for k in (2, 9, 4, 1, 6)]
+    kw = dict(max_new_tokens=T, n=2, seed=2, temperature=0.7, progress=False)
+    ref = sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw)  # one prompt per refill: no sharing
+    got = sampling.generate(placed, cfg, prompts, sharder=sharder, sub_batch_size=8, **kw)
+    assert got.tokens == ref.tokens
+    np.testing.assert_allclose(got.logprob_array, ref.logprob_array, atol=1e-5)

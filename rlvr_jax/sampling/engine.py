@@ -3,7 +3,8 @@
 Continuous batching keeps a fixed number of decode *slots* (the `s` axis, sharded over the mesh's
 batch axes). The host loop in `scheduler` alternates:
   1. `prefill`: runs each newly admitted *prompt* once (`transformer.decoder_stack`, right-padded to a
-     bucketed `[m, p]`) and returns its keys/values and the logits of its last prompt position;
+     bucketed `[m, p]`) and returns its keys/values and the logits of its last prompt position; a
+     prefix common to all of them (a system prompt) runs once and is copied to every row;
   2. `insert`: copies a prompt's keys/values into each slot that takes one of its samples (a prompt
      with n samples is prefilled once and copied into n slots), draws each sample's first token;
   3. `segment`: a jitted `lax.while_loop` of up to `steps` decode steps over all slots, which exits
@@ -40,6 +41,9 @@ from rlvr_jax.sampling.controls import Controls, select_tokens
 
 L = shd
 _SLOT = (L.ACT_BATCH,)
+# A common prompt prefix is prefilled once when it spans at least this many tokens (and is rounded down to
+# a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation.
+SHARED_PREFIX_MULTIPLE = 16
 _SLOT_T = (L.ACT_BATCH, None)
 
 
@@ -88,14 +92,17 @@ def reshape(state: dict, src_s, *, window: int, sharder=None) -> dict:
     return _slot_constrain(sharder, out)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_dtype", "sharder"))
-def prefill(params, ids_mp, len_m, *, cfg: ModelConfig, cache_dtype: str, sharder=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_dtype", "sharder", "shared"))
+def prefill(params, ids_mp, len_m, *, cfg: ModelConfig, cache_dtype: str, sharder=None, shared: int = 0):
     """Runs `m` right-padded prompts once.
 
     Args:
       params: the params pytree (stacked layers).
       ids_mp: int32 `[m, p]`, prompt `i` in `[i, :len_m[i]]` (any padding after).
       len_m: int32 `[m]` prompt lengths (>= 1).
+      shared: the first `shared` tokens are the same in every real prompt and each is longer (see
+        `shared_prefix`): they run once, for one row, and their keys/values are copied to all `m` rows;
+        the rest of each prompt attends to them through the cache. 0: every row runs all its tokens.
 
     Returns:
       `(prefix, logits_mv)`: keys/values `{"k", "v"}` each `[l, m, p, k, e]` (positions `>= len` are
@@ -106,9 +113,30 @@ def prefill(params, ids_mp, len_m, *, cfg: ModelConfig, cache_dtype: str, sharde
     mask_mp = jnp.arange(p)[None, :] < len_m[:, None]
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (m, p))
     cache = tfm.init_cache(cfg, m, p, dtype=cache_dtype)
-    h_mpd, cache = tfm.decoder_stack(params, cfg, ids_mp, positions, mask_mp, cache=cache, cache_index=0, sharder=sharder)
-    h_md = jnp.take_along_axis(h_mpd, (len_m - 1)[:, None, None], axis=1)[:, 0]
+    if shared:
+        one = tfm.init_cache(cfg, 1, shared, dtype=cache_dtype)
+        _, one = tfm.decoder_stack(params, cfg, ids_mp[:1, :shared], positions[:1, :shared],
+                                   jnp.ones((1, shared), bool), cache=one, cache_index=0)
+        cache = {k: cache[k].at[:, :, :shared].set(jnp.broadcast_to(one[k], (v.shape[0], m) + v.shape[2:]))
+                 for k, v in one.items()}
+    h_mpd, cache = tfm.decoder_stack(params, cfg, ids_mp[:, shared:], positions[:, shared:], mask_mp, cache=cache,
+                                     cache_index=shared, sharder=sharder)
+    # Bucket-padding rows (one pad token) may be shorter than `shared`; their logits are never read.
+    last = jnp.maximum(len_m - 1 - shared, 0)
+    h_md = jnp.take_along_axis(h_mpd, last[:, None, None], axis=1)[:, 0]
     return cache, tfm.logits_from_hidden(params, cfg, h_md)
+
+
+def shared_prefix(prompts, multiple: int = SHARED_PREFIX_MULTIPLE) -> int:
+    """Leading tokens common to every prompt (two or more), rounded down to a multiple of `multiple`
+    (fewer compiled programs) and leaving each prompt at least one token of its own; 0 if none."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(q) for q in prompts)
+    common = 0
+    while common < shortest - 1 and all(q[common] == first[common] for q in prompts[1:]):
+        common += 1
+    return common // multiple * multiple
 
 
 @functools.partial(jax.jit, static_argnames=("controls", "sharder"), donate_argnames=("state",))

@@ -6,7 +6,8 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
      and at most a quarter of the slots are live, the live ones are compacted into a quarter as
      many slots (the long tail of RL lengths then runs on a smaller program). The cache window is the
      bucketed length the live rows can reach within one segment (`buckets.bucket_length`);
-  3. refill: the next pending samples take the free slots, their distinct prompts prefilled once;
+  3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (a prefix
+     common to all of them once in all: `engine.shared_prefix`);
   4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
 Shapes are bucketed (slots: powers of two times the mesh's batch shards; windows and prompt lengths:
 `2^k` or `3 * 2^k`), so a run compiles a handful of programs, cached across calls.
@@ -184,8 +185,9 @@ def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fil
     for j, i in enumerate(ids_m):
         ids_mp[j, :len(prompts[i])], len_m[j] = prompts[i], len(prompts[i])
     ids_dev = ids_mp if sharder is None else jax.device_put(ids_mp, sharder.sharding((shd.ACT_BATCH, None), (m, p)))
+    shared = engine.shared_prefix([prompts[i] for i in ids_m])
     prefix, logits_mv = engine.prefill(params, ids_dev, len_m, cfg=cfg, cache_dtype=plan.cache_dtype,
-                                       sharder=sharder)
+                                       sharder=sharder, shared=shared)
     r = buckets.bucket_count(len(take))
     free = np.nonzero(slot_row < 0)[0][:len(take)]
     slot_r = np.full(r, len(slot_row), np.int32)  # padding entries point past the last slot: dropped
