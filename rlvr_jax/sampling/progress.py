@@ -39,5 +39,6 @@ class ProgressBar:
         if self._bar is None:
             return
         rate = tokens_so_far / max(time.perf_counter() - self._start, 1e-9)
-        self._bar.update(rows_finished)
+        # The rate first: `update` redraws the bar (and the closed bar keeps the last drawn text).
         self._bar.set_postfix_str(f"{rate:.0f} tok/s", refresh=False)
+        self._bar.update(rows_finished)
