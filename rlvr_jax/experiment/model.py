@@ -43,6 +43,39 @@ RECIPE_PRESETS = {"qwen15b": "qwen2.5-math-1.5b", "qwen7b": "qwen2.5-math-7b",
                   "smollm2": "smollm2-135m", "qwen3_1p7b": "qwen3-1.7b"}
 
 
+# CPU feature flags (Linux /proc/cpuinfo) of bf16 instructions: AVX-512 BF16 and AMX (x86), BF16 (Arm).
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the host CPU has bf16 arithmetic instructions (False where it cannot tell: not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and _BF16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def resolve_dtype(name: str, backend: str | None = None, cpuinfo: str | None = None) -> str:
+    """A config dtype with "auto" resolved: bfloat16 on accelerators and on CPUs with bf16 instructions,
+    float32 on other CPUs.
+
+    Without bf16 instructions XLA's CPU backend converts bf16 operands to float32 for every matmul: a
+    bf16 decode then runs slower than a float32 one and holds a float32 copy of the weights as
+    temporaries besides the bf16 one (BENCHMARKS.md), and the update gains nothing.
+    """
+    if name != "auto":
+        return name
+    if (backend or jax.default_backend()) != "cpu":
+        return "bfloat16"
+    return "bfloat16" if cpu_has_bf16(cpuinfo) else "float32"
+
+
 def model_dir(config) -> str | None:
     """The HF directory the model (and by default the tokenizer) comes from; None for "random"."""
     return MODEL_SOURCES[config.model.source](config)
@@ -56,7 +89,7 @@ def model_config(config, *, need_weights: bool = True) -> ModelConfig:
       need_weights: False (dry runs) falls back to the recipe's architecture preset when no
         checkpoint is on disk, and never converts the SmolLM2 GGUF.
     """
-    overrides = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+    overrides = dict(param_dtype=config.model.param_dtype, dtype=resolve_dtype(config.model.dtype),
                      attention_impl=config.model.attention_impl, remat=config.model.remat)
     if config.model.source == "random":
         arch = config.model.arch.to_dict()

@@ -147,7 +147,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
     sharder = model_lib.build_sharder(config)
     cfg, params = model_lib.build_model(config, sharder)
     need_ref = config.actor.use_kl_loss or config.algorithm.reward_kl_coef > 0
-    ref_params = model_lib.cast_params(params, config.model.ref_dtype) if need_ref else None
+    ref_params = model_lib.cast_params(params, model_lib.resolve_dtype(config.model.ref_dtype)) if need_ref else None
     # Without a reference (or one cast to another dtype) nothing else holds the loaded weights: the
     # state takes their buffers instead of a copy (one params-sized copy less at start-up).
     shared = {id(x) for x in jax.tree.leaves(ref_params)}
@@ -169,7 +169,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
     run = Run(config, workdir, settings, sharder, model_lib.build_tokenizer(config), cfg, state, ref_params,
               critic, prompts, outputs)
     mesh = " ".join(f"{axis}={size}" for axis, size in sharder.mesh.shape.items())
-    outputs.console.message(f"mesh {mesh} over {sharder.mesh.devices.size} {jax.default_backend()} device(s)")
+    outputs.console.message(f"mesh {mesh} over {sharder.mesh.devices.size} {jax.default_backend()} device(s), "
+                            f"compute dtype {cfg.dtype}")
     _restore(run)
     return run
 

@@ -69,8 +69,9 @@ def _check_names(config) -> None:
     from rlvr_jax.experiment.model import MODEL_SOURCES  # experiment.model imports this module's error.
 
     _one_of(config, "model.source", MODEL_SOURCES)
-    for key in ("model.param_dtype", "model.dtype", "model.ref_dtype"):
-        _one_of(config, key, DTYPES)
+    _one_of(config, "model.param_dtype", DTYPES)
+    for key in ("model.dtype", "model.ref_dtype"):  # "auto": bfloat16 where the hardware has it (model.resolve_dtype)
+        _one_of(config, key, DTYPES + ("auto",))
     _one_of(config, "model.attention_impl", ATTENTION_IMPLS)
     _one_of(config, "model.remat", REMAT_MODES)
     _one_of(config, "algorithm.name", ADVANTAGE_ESTIMATORS)
