@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from rlvr_jax import sharding as shd
+from rlvr_jax.host_memory import release_free_memory
 from rlvr_jax.models import transformer as tfm
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.sampling import buckets, engine, scheduler
@@ -116,6 +117,9 @@ def generate(
     plan = scheduler.Plan(n=n, max_new_tokens=max_new_tokens, slots=slots, multiple=multiple,
                           min_prompt_bucket=min_prompt_bucket, cache_dtype=cache_dtype)
     out = scheduler.run(params, cfg, prompts, plan, sample, sharder=sharder, progress=progress, stats=stats)
+    # The call's weight copy and cache are freed now; hand their heap pages back, or calls in a row (an
+    # evaluation's batches) stack each one's leftovers on the last (+0.3 GiB per call on the CPU demo).
+    release_free_memory()
     return _assemble(out, prompts, n, max_new_tokens, pad_id, min_prompt_bucket)
 
 
