@@ -12,9 +12,10 @@ repetition by repetition (medians reported, load average printed before and afte
 Useful tokens are real prompt + response tokens (the attention mask's ones). Lengths (`--lengths`):
 `full` (every row full length) or `longtail` (a recorded RL-like mix: response lengths lognormal with
 median `response_len / 4` and sigma 1, capped at `response_len` - about 1 in 10 rows hits the cap;
-prompt lengths uniform in `[prompt_len / 2, prompt_len]`), seeded. `--devices N` runs the JAX updates
-data parallel over N XLA CPU devices (one per core); the printed padded/real ratio is the ideal
-packed speed-up.
+prompt lengths uniform in `[prompt_len / 2, prompt_len]`), seeded. Rows come in `--group`s of one
+prompt (GRPO's n samples); the packed update lays a group's prompt once per row unless `--no-share`.
+`--devices N` runs the JAX updates data parallel over N XLA CPU devices (one per core); the printed
+padded/real ratio is the ideal packed speed-up without shared prompts.
 
 - On an accelerator it prints model FLOPs utilisation of the packed update: model FLOPs of the real
   tokens / step time / peak (`--peak-tflops` or a device table); model FLOPs = `6 N_layers` per token
@@ -64,6 +65,8 @@ def parse_args():
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--response-len", type=int, default=64)
     p.add_argument("--lengths", default="longtail", choices=["longtail", "full"])
+    p.add_argument("--group", type=int, default=8, help="rows per prompt (GRPO's n): they share prompt tokens")
+    p.add_argument("--no-share", action="store_true", help="packed: one prompt copy per sequence (share_prompts off)")
     p.add_argument("--devices", type=int, default=1, help="XLA CPU devices (data parallel); CPU only")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     p.add_argument("--remat", default="none", choices=["none", "full", "dots"])
@@ -83,7 +86,7 @@ def make_lengths(args, rng) -> tuple[np.ndarray, np.ndarray]:
     b, p, r = args.batch, args.prompt_len, args.response_len
     if args.lengths == "full":
         return np.full(b, p), np.full(b, r)
-    prompt = rng.integers(max(1, p // 2), p + 1, b)
+    prompt = np.repeat(rng.integers(max(1, p // 2), p + 1, -(-b // args.group)), args.group)[:b]
     response = np.clip(np.round(rng.lognormal(np.log(r / 4), 1.0, b)), 1, r).astype(int)
     return prompt, response
 
@@ -93,10 +96,12 @@ def make_batch(args, vocab: int) -> dict:
     b, p, r = args.batch, args.prompt_len, args.response_len
     prompt, response = make_lengths(args, rng)
     attn = np.zeros((b, p + r), np.int32)
+    ids = rng.integers(1, vocab, (b, p + r)).astype(np.int32)
     for i in range(b):
         attn[i, p - prompt[i] : p + response[i]] = 1
+        ids[i, :p] = ids[i - i % args.group, :p]  # a group's rows share their prompt
     return {
-        "input_ids": rng.integers(1, vocab, (b, p + r)).astype(np.int32) * attn,
+        "input_ids": ids * attn,
         "attention_mask": attn,
         "response_mask": attn[:, p:].copy(),
         "old_logp": np.full((b, r), -np.log(vocab), np.float32),
@@ -112,7 +117,8 @@ def jax_update(cfg, params, batch, args, *, packed: bool, sharder):
 
     opt = training.OptimizerConfig(learning_rate=1e-6)
     ucfg = training.UpdateConfig(micro_batch_size=None if packed else args.micro_batch, logprob_chunk=args.chunk,
-                                 max_tokens_per_micro_batch=args.max_tokens if packed else None)
+                                 max_tokens_per_micro_batch=args.max_tokens if packed else None,
+                                 share_prompts=packed and not args.no_share)
     update = training.make_update_fn(cfg, ucfg, opt, sharder)
     axes = models_axes(cfg) if sharder else None
     box = {"state": training.create_train_state(params, opt, sharder, logical_axes=axes)}
@@ -222,12 +228,14 @@ def main():
     real = int(batch["attention_mask"].sum())
     padded = batch["attention_mask"].size
     plan = packing.plan_packing(batch["input_ids"], batch["attention_mask"], args.response_len,
-                                max_tokens_per_micro_batch=args.max_tokens, row_multiple=packing.batch_shards(sharder))
+                                max_tokens_per_micro_batch=args.max_tokens, row_multiple=packing.batch_shards(sharder),
+                                share_prompts=not args.no_share)
     print(f"device {jax.devices()[0].device_kind} x {len(jax.devices())} ({backend}), "
           f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M params, {cfg.num_layers} layers, vocab "
           f"{cfg.vocab_size}, dtype {dtype}, remat {cfg.remat}; batch {args.batch} x ({args.prompt_len} + "
           f"{args.response_len}) {args.lengths}: {real} real tokens, padded/real {padded / real:.2f}, "
-          f"packed slots/real {plan.computed_tokens / real:.2f} (rows of {plan.tokens.shape[-1]})")
+          f"packed slots/real {plan.computed_tokens / real:.2f} (rows of {plan.tokens.shape[-1]}; "
+          f"{'one prompt copy per sequence' if args.no_share else f'prompts shared by groups of {args.group}'})")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}")
     runners, losses = {}, {}
     runners["packed"], losses["packed"] = jax_update(cfg, params, batch, args, packed=True, sharder=sharder)
@@ -250,7 +258,8 @@ def main():
         device = jax.devices()[0]
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device.device_kind), None)
         projected = int(np.asarray(batch["response_mask"]).sum())
-        flops = model_flops_per_step(cfg, real, plan.tokens.shape[-1], projected) / medians["packed"]
+        # FLOPs of the tokens the packed rows hold (a shared prompt once), not of the padded view.
+        flops = model_flops_per_step(cfg, plan.real_tokens, plan.tokens.shape[-1], projected) / medians["packed"]
         mfu = f"{flops / (peak * 1e12):.1%} of {peak} TFLOP/s" if peak else "unknown peak (pass --peak-tflops)"
         print(f"packed model FLOP/s {flops / 1e12:.1f} T, MFU {mfu}")
     if args.profile:

@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.actor.packing = True
     # Packed micro-batch token budget per device (verl: ppo_max_token_len_per_gpu, 24k in the paper's script).
     c.actor.max_tokens_per_micro_batch = 16384
+    # Packed rows hold one copy of a prompt for all its responses (each response sees the prompt and itself):
+    # a GRPO group's prompt is computed once per row, not n times. Exact (tests/test_prompt_sharing.py).
+    c.actor.share_prompts = True
     # One epoch and one mini-batch: take old log-probs inside the update (stop-gradient) instead of a
     # separate forward pass; identical values (the policy has not moved yet). Ignored otherwise.
     c.actor.fuse_old_logp = True

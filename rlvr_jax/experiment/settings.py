@@ -59,7 +59,8 @@ def update_config(config) -> UpdateConfig:
         use_kl_loss=a.use_kl_loss, agg_mode=a.agg_mode, temperature=config.rollout.temperature,
         logprob_chunk=a.logprob_chunk, max_response_len=config.rollout.max_new_tokens,
         cliprange_value=config.critic.cliprange_value,
-        max_tokens_per_micro_batch=packed_tokens_per_micro_batch(config), fuse_old_logp=fuses_old_logp(config))
+        max_tokens_per_micro_batch=packed_tokens_per_micro_batch(config), share_prompts=config.actor.share_prompts,
+        fuse_old_logp=fuses_old_logp(config))
 
 
 def packed_tokens_per_micro_batch(config) -> int | None:

@@ -73,7 +73,8 @@ class Run:
             ratchet = ShapeRatchet()  # One per run: the passes stop compiling once shapes stop growing.
             return lambda p, arrays: compute_logprobs_packed(
                 p, cfg, arrays, temperature=temp, max_tokens_per_micro_batch=budget,
-                chunk=config.actor.logprob_chunk, sharder=sharder, ratchet=ratchet)["logp"]
+                chunk=config.actor.logprob_chunk, sharder=sharder, ratchet=ratchet,
+                share_prompts=config.actor.share_prompts)["logp"]
         return lambda p, arrays: compute_logprobs(
             p, cfg, arrays, temperature=temp, micro_batch_size=config.actor.micro_batch_size,
             chunk=config.actor.logprob_chunk, sharder=sharder)["logp"]

@@ -287,32 +287,38 @@ def decoder_stack(
     return h, new_cache
 
 
-def segment_attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
+def segment_attention_mask(segment_ids_bt: jax.Array, parent_ids_bt: jax.Array | None = None) -> jax.Array:
     """Block-diagonal causal mask of packed rows: `[b, t, s]`, True where key `s <= t` is in query `t`'s segment.
 
-    Segment id 0 marks row padding: it attends nowhere and nothing attends to it. This dense mask is
-    the XLA path (cost `t^2` per row). Kernels that take segment ids directly (TPU splash attention's
-    `SegmentIds`, varlen flash attention on GPU) plug in at `decoder_stack_packed`, which holds the ids.
+    Segment id 0 marks row padding: it attends nowhere and nothing attends to it. With `parent_ids_bt`
+    a query also sees the keys of its parent segment (0: none): responses that share one copy of their
+    prompt (`training.packing`, `share_prompts`) each see the prompt and themselves, not each other.
+    This dense mask is the XLA path (cost `t^2` per row). Kernels that take segment ids directly (TPU
+    splash attention's `SegmentIds`, varlen flash attention on GPU) plug in at `decoder_stack_packed`,
+    which holds the ids (a shared prompt then needs the kernel's custom-mask form).
     """
     seg = segment_ids_bt.astype(jnp.int32)
     t = seg.shape[1]
     causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [t, s]
-    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-    return same & causal[None]
+    same = seg[:, :, None] == seg[:, None, :]
+    if parent_ids_bt is not None:
+        same = same | (parent_ids_bt.astype(jnp.int32)[:, :, None] == seg[:, None, :])
+    return same & (seg[:, None, :] > 0) & causal[None]
 
 
 def decoder_stack_packed(
-    params: dict, cfg: ModelConfig, tokens_bt, positions_bt, segment_ids_bt, *, sharder=None
+    params: dict, cfg: ModelConfig, tokens_bt, positions_bt, segment_ids_bt, *, parent_ids_bt=None, sharder=None
 ) -> jax.Array:
     """Final-normed hidden states `[b, t, d]` of packed rows (several sequences per row, no cache).
 
     Args:
       tokens_bt: `[b, t]` token ids, sequences laid end to end. positions_bt: `[b, t]` RoPE position
         of each token within its own sequence. segment_ids_bt: `[b, t]` 1, 2, ... per sequence, 0 = padding.
+      parent_ids_bt: optional `[b, t]` segment each token may also attend to (`segment_attention_mask`).
     """
-    mask_bts = segment_attention_mask(segment_ids_bt)
+    mask_bts = segment_attention_mask(segment_ids_bt, parent_ids_bt)
     h, _ = decoder_stack(params, cfg, tokens_bt, positions_bt, segment_ids_bt > 0, sharder=sharder,
-                  attention_mask_bts=mask_bts)
+                         attention_mask_bts=mask_bts)
     return h
 
 

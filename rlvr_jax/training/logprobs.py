@@ -169,6 +169,7 @@ def compute_logprobs(
     with_entropy: bool = False,
     sharder: shd.Sharder | None = None,
     max_tokens_per_micro_batch: int | None = None,
+    share_prompts: bool = False,
 ) -> dict:
     """Per-token log-probs (and entropy) of the response tokens; no gradient. Policy or reference.
 
@@ -187,6 +188,7 @@ def compute_logprobs(
       sharder: mesh + rules; batch rows are sharded along `ACT_BATCH`.
       max_tokens_per_micro_batch: when given, sequences are packed into rows of real tokens with
         micro-batches of this many tokens (`packing.compute_logprobs_packed`; `micro_batch_size` unused).
+      share_prompts: packed rows hold one copy of each prompt for all its sequences (`packing.plan_packing`).
 
     Returns:
       `{"logp": [B, R] float32}` (+ `"entropy": [B, R]`), zero where `response_mask` is 0.
@@ -199,7 +201,7 @@ def compute_logprobs(
 
         return compute_logprobs_packed(
             params, cfg, batch, temperature=temperature, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-            chunk=chunk, with_entropy=with_entropy, sharder=sharder,
+            chunk=chunk, with_entropy=with_entropy, sharder=sharder, share_prompts=share_prompts,
         )
     b = batch["input_ids"].shape[0]
     fn = _logprob_program(cfg, b, float(temperature), micro_batch_size, int(chunk), bool(with_entropy), sharder)

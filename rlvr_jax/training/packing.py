@@ -8,6 +8,12 @@ padding) and its RoPE position within its own sequence; attention is block-diago
 (`transformer.decoder_stack_packed`). A micro-batch gives every device at most `max_tokens_per_micro_batch`
 tokens (`row_layout`), so micro-batches hold a token budget, not a row count.
 
+With `share_prompts` the sequences of a batch that have the same prompt (a GRPO group's n samples) share
+one copy of it per row: `[prompt, response 1, ..., response k]`, each response its own segment with the
+prompt's as parent (it attends to the prompt and to itself), RoPE positions continuing the prompt's,
+and its first token predicted from the prompt's last position. On RL batches, where a prompt is often as
+long as a response, that computes about half the tokens.
+
 Shapes are bucketed so a run compiles a handful of programs: `row_len` is a power of two (>= the
 longest sequence), sequence slots per row `S` and micro-batches per group `M` are powers of two.
 Micro-batches past the last real one are skipped at run time (`lax.cond`), so the bucket costs nothing.
@@ -41,7 +47,8 @@ from rlvr_jax.training.logprobs import logprobs_from_hidden
 # little next to its matmuls, and short rows would leave most bins holding one sequence.
 MIN_ROW_LEN = 256
 
-PLAN_KEYS = ("tokens", "positions", "segment_ids", "logit_index", "resp_index", "seq_index", "slot_valid")
+PLAN_KEYS = ("tokens", "positions", "segment_ids", "parent_ids", "logit_index", "targets", "resp_index",
+             "seq_index", "slot_valid")
 
 
 def _pow2(n: int) -> int:
@@ -78,20 +85,25 @@ class PackedPlan:
     """Where every sequence of a batch sits in packed rows (see the module docstring for the layout).
 
     Attributes:
-      tokens, positions, segment_ids: `[rows, G, M, T]` int32.
+      tokens, positions, segment_ids: `[rows, G, M, T]` int32. parent_ids: `[rows, G, M, T]` int32, the
+        segment a token may also attend to (a shared prompt's), 0 for none.
       logit_index: `[rows, G, M, Q]` int32 row positions whose next-token log-probs are needed, in row
-        order; 0 past a row's last one.
+        order; 0 past a row's last one. targets: `[rows, G, M, Q]` int32, the token each of them predicts
+        (not always the next one in the row: a shared prompt's last position predicts every response's first).
       resp_index: `[rows, G, M, S, R]` int32 entry of `logit_index` predicting response token t of slot
         s; 0 where that token does not exist.
       seq_index: `[rows, G, M, S]` int32 batch row of each slot (0 for empty slots).
       slot_valid: `[rows, G, M, S]` bool.
-      real_tokens: real tokens packed (all groups). micro_batches: `[G]` micro-batches in use per group.
+      real_tokens: real tokens laid out (all groups; a shared prompt counts once).
+      micro_batches: `[G]` micro-batches in use per group.
     """
 
     tokens: np.ndarray
     positions: np.ndarray
     segment_ids: np.ndarray
+    parent_ids: np.ndarray
     logit_index: np.ndarray
+    targets: np.ndarray
     resp_index: np.ndarray
     seq_index: np.ndarray
     slot_valid: np.ndarray
@@ -132,9 +144,30 @@ def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int,
     return row_len, per_device * row_multiple
 
 
+def _units(ids, mask, p: int, rows_g, row_len: int, share: bool) -> list[tuple[int, list[int]]]:
+    """What gets laid out contiguously: `(prompt owner, members)`, members' responses after one prompt copy.
+
+    Without sharing every sequence is its own unit. With it, sequences whose real prompt tokens are equal
+    form a family; its responses are split first-fit-decreasing into units that each fit a row after one
+    copy of the prompt (a GRPO group's n samples usually make one unit).
+    """
+    if not share:
+        return [(int(i), [int(i)]) for i in rows_g]
+    families: dict[bytes, list[int]] = {}
+    for i in rows_g:
+        families.setdefault(ids[i, :p][mask[i, :p]].tobytes(), []).append(int(i))
+    units = []
+    for members in families.values():
+        prompt_len = int(mask[members[0], :p].sum())
+        resp = mask[members, p:].sum(axis=1)
+        for chunk in first_fit_decreasing(resp, row_len - prompt_len):
+            units.append((members[0], [members[j] for j in sorted(chunk)]))
+    return units
+
+
 def plan_packing(
     input_ids, attention_mask, response_len: int, *, groups=None, max_tokens_per_micro_batch: int,
-    row_multiple: int = 1,
+    row_multiple: int = 1, share_prompts: bool = False,
 ) -> PackedPlan:
     """Packs the sequences of a padded batch into token-budget micro-batches (host, deterministic).
 
@@ -145,6 +178,10 @@ def plan_packing(
         one group of all rows.
       max_tokens_per_micro_batch: token budget of one micro-batch per device (`row_layout`).
       row_multiple: devices sharing the batch; each gets the same number of rows per micro-batch.
+      share_prompts: sequences of a group with the same prompt share one copy of it in a row: each
+        response is its own segment whose parent is the prompt's (`transformer.segment_attention_mask`),
+        so it sees the prompt and itself, at the positions it has in its own sequence. A family longer
+        than a row is split first-fit-decreasing, one prompt copy per part.
 
     Raises:
       ValueError: a sequence with response tokens but no real prompt token (nothing predicts its first
@@ -159,39 +196,58 @@ def plan_packing(
     if no_prompt.any():
         raise ValueError(f"rows {np.flatnonzero(no_prompt)[:8].tolist()} have response tokens but no prompt token")
     groups = [np.arange(b)] if groups is None else [np.asarray(g) for g in groups]
-    lengths = mask.sum(axis=1)
+    lengths, resp_lengths = mask.sum(axis=1), mask[:, p:].sum(axis=1)
+    unit_len = lambda u: int(mask[u[0], :p].sum() + resp_lengths[u[1]].sum())  # noqa: E731
+    # Rows are sized by the longest sequence either way (sharing never lengthens them: a row's attention
+    # is t^2, and a new row length would be a new program); a family longer than a row is split.
     row_len, _ = row_layout(int(lengths.max(initial=1)), max_tokens_per_micro_batch, row_multiple)
-    bins = [[[int(g[i]) for i in bin_] for bin_ in first_fit_decreasing(lengths[g], row_len)] for g in groups]
+    units = [_units(ids, mask, p, g, row_len, share_prompts) for g in groups]
+    bins = [[[ug[k] for k in bin_] for bin_ in first_fit_decreasing([unit_len(u) for u in ug], row_len)]
+            for ug in units]
     _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins))
     m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
-    s = _pow2(max([len(bin_) for bg in bins for bin_ in bg] or [1]))
-    resp_lengths = mask[:, p:].sum(axis=1)
-    q = _pow2(max([int(resp_lengths[bin_].sum()) for bg in bins for bin_ in bg] or [1]))
+    s = _pow2(max([sum(len(u[1]) for u in bin_) for bg in bins for bin_ in bg] or [1]))
+    q = _pow2(max([sum(int(resp_lengths[u[1]].sum()) for u in bin_) for bg in bins for bin_ in bg] or [1]))
     shape = (rows, len(groups), m)
-    out = {k: np.zeros(shape + (row_len,), np.int32) for k in ("tokens", "positions", "segment_ids")}
+    out = {k: np.zeros(shape + (row_len,), np.int32) for k in ("tokens", "positions", "segment_ids", "parent_ids")}
     logit_index = np.zeros(shape + (q,), np.int32)
+    targets = np.zeros(shape + (q,), np.int32)
     resp_index = np.zeros(shape + (s, response_len), np.int32)
     seq_index = np.zeros(shape + (s,), np.int32)
     slot_valid = np.zeros(shape + (s,), bool)
-    offsets = np.cumsum(mask, axis=1) - 1  # packed offset of each slot within its own sequence
     for g, bg in enumerate(bins):
         for j, bin_ in enumerate(bg):
             at = (j % rows, g, j // rows)
-            start = used = 0
-            for slot, i in enumerate(bin_):
-                n, k = int(lengths[i]), int(resp_lengths[i])
-                out["tokens"][at][start : start + n] = ids[i][mask[i]]
-                out["positions"][at][start : start + n] = np.arange(n)
-                out["segment_ids"][at][start : start + n] = slot + 1
-                # Response token t (slot p + t) is predicted by the real token just before it.
-                real_t = mask[i, p:]
-                logit_index[at][used : used + k] = start + offsets[i, p:][real_t] - 1
-                resp_index[at][slot] = np.where(real_t, used + np.cumsum(real_t) - 1, 0)
-                seq_index[at][slot], slot_valid[at][slot] = i, True
-                start, used = start + n, used + k
+            start = used = slot = 0
+            seg = 1
+            for owner, members in bin_:
+                prompt = ids[owner, :p][mask[owner, :p]]
+                n_p = len(prompt)
+                out["tokens"][at][start : start + n_p] = prompt
+                out["positions"][at][start : start + n_p] = np.arange(n_p)
+                out["segment_ids"][at][start : start + n_p] = seg
+                shared, prompt_seg, last = len(members) > 1, seg, start + n_p - 1
+                start += n_p
+                for i in members:
+                    k = int(resp_lengths[i])
+                    if shared:  # each response its own segment, the prompt's as parent
+                        seg += 1
+                        out["parent_ids"][at][start : start + k] = prompt_seg
+                    out["tokens"][at][start : start + k] = ids[i, p:][mask[i, p:]]
+                    out["positions"][at][start : start + k] = n_p + np.arange(k)
+                    out["segment_ids"][at][start : start + k] = seg
+                    # Response token t is predicted by the token before it: the prompt's last for t = 0.
+                    logit_index[at][used : used + k] = np.concatenate([[last], start + np.arange(k - 1)])[:k]
+                    targets[at][used : used + k] = ids[i, p:][mask[i, p:]]
+                    real_t = mask[i, p:]
+                    resp_index[at][slot] = np.where(real_t, used + np.cumsum(real_t) - 1, 0)
+                    seq_index[at][slot], slot_valid[at][slot] = i, True
+                    start, used, slot = start + k, used + k, slot + 1
+                seg += 1
     micro = tuple(math.ceil(len(bg) / rows) for bg in bins)
-    return PackedPlan(**out, logit_index=logit_index, resp_index=resp_index, seq_index=seq_index,
-                      slot_valid=slot_valid, real_tokens=int(lengths.sum()), micro_batches=micro)
+    return PackedPlan(**out, logit_index=logit_index, targets=targets, resp_index=resp_index, seq_index=seq_index,
+                      slot_valid=slot_valid, real_tokens=sum(unit_len(u) for ug in units for u in ug),
+                      micro_batches=micro)
 
 
 def batch_shards(sharder: shd.Sharder | None) -> int:
@@ -205,7 +261,7 @@ def batch_shards(sharder: shd.Sharder | None) -> int:
 
 def packed_logprobs(
     params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, logit_index_rq, resp_index_rsr, *,
-    temperature: float, chunk: int, with_entropy: bool, sharder=None,
+    temperature: float, chunk: int, with_entropy: bool, sharder=None, parent_ids_rt=None, targets_rq=None,
 ):
     """Differentiable log-probs (and entropy) of the response tokens of one packed micro-batch.
 
@@ -213,17 +269,21 @@ def packed_logprobs(
       tokens_rt, positions_rt, segment_ids_rt: `[rows, T]` packed rows. logit_index_rq: `[rows, Q]`.
       resp_index_rsr: `[rows, S, R]`.
       temperature, chunk, with_entropy, sharder: as `logprobs.logprobs_from_hidden`.
+      parent_ids_rt: optional `[rows, T]` (shared prompts, see `plan_packing`). targets_rq: `[rows, Q]` token
+        predicted at each logit position (the plan's `targets`); None: the next token in the row.
 
     Returns:
       `(logp, entropy or None)`, float32 `[rows * S, R]` in the padded response layout (slots holding
       no token carry finite garbage).
     """
     tokens_rt = tokens_rt.astype(jnp.int32)
-    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt, positions_rt, segment_ids_rt, sharder=sharder)
+    h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt, positions_rt, segment_ids_rt,
+                                             parent_ids_bt=parent_ids_rt, sharder=sharder)
     w, w_spec = transformer.lm_head(params, cfg)
     # Only the positions that predict a response token: position j predicts the token at j + 1.
     h_rqd = jnp.take_along_axis(h_rtd, logit_index_rq[:, :, None], axis=1)
-    targets_rq = jnp.take_along_axis(tokens_rt, jnp.minimum(logit_index_rq + 1, tokens_rt.shape[1] - 1), axis=1)
+    if targets_rq is None:
+        targets_rq = jnp.take_along_axis(tokens_rt, jnp.minimum(logit_index_rq + 1, tokens_rt.shape[1] - 1), axis=1)
     logp_rq, ent_rq = logprobs_from_hidden(h_rqd, w.astype(h_rqd.dtype), targets_rq, temperature=temperature,
                                            chunk=chunk, with_entropy=with_entropy, sharder=sharder, w_spec=w_spec)
     rows, s, r = resp_index_rsr.shape
@@ -268,6 +328,7 @@ def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
                 logp, ent = packed_logprobs(
                     params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["logit_index"],
                     mb["resp_index"], temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder,
+                    parent_ids_rt=mb["parent_ids"], targets_rq=mb["targets"],
                 )
                 return {"logp": logp} if ent is None else {"logp": logp, "entropy": ent}
 
@@ -286,7 +347,7 @@ def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
 def compute_logprobs_packed(
     params, cfg: ModelConfig, batch: dict, *, temperature: float = 1.0, max_tokens_per_micro_batch: int,
     chunk: int = 512, with_entropy: bool = False, sharder: shd.Sharder | None = None,
-    ratchet: "ShapeRatchet | None" = None,
+    ratchet: "ShapeRatchet | None" = None, share_prompts: bool = False,
 ) -> dict:
     """`logprobs.compute_logprobs` on packed rows: same inputs and outputs, computed on real tokens only.
 
@@ -294,6 +355,7 @@ def compute_logprobs_packed(
       batch: `input_ids`, `attention_mask` `[B, P+R]` and `response_mask` `[B, R]` (host or device).
       max_tokens_per_micro_batch: token budget of one forward pass, per device.
       ratchet: optional `ShapeRatchet` kept across a run's calls (fewer compiles).
+      share_prompts: one copy of a prompt per row for the sequences that have it (`plan_packing`).
       Others: as `compute_logprobs`.
 
     Returns:
@@ -304,7 +366,7 @@ def compute_logprobs_packed(
     ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
     r = batch["response_mask"].shape[1]
     plan = plan_packing(ids, attn, r, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-                        row_multiple=batch_shards(sharder))
+                        row_multiple=batch_shards(sharder), share_prompts=share_prompts)
     plan = ratchet(plan) if ratchet is not None else plan
     fn = _packed_logprob_program(cfg, float(temperature), int(chunk), bool(with_entropy), sharder)
     return fn(params, put_plan(plan, sharder), jnp.asarray(batch["response_mask"]))
@@ -341,5 +403,7 @@ class ShapeRatchet:
 
         return dataclasses.replace(
             plan, tokens=pad(plan.tokens), positions=pad(plan.positions), segment_ids=pad(plan.segment_ids),
-            logit_index=pad(plan.logit_index, 3, q_max), resp_index=pad(plan.resp_index, 3, s_max),
+            parent_ids=pad(plan.parent_ids),
+            logit_index=pad(plan.logit_index, 3, q_max), targets=pad(plan.targets, 3, q_max),
+            resp_index=pad(plan.resp_index, 3, s_max),
             seq_index=pad(plan.seq_index, 3, s_max), slot_valid=pad(plan.slot_valid, 3, s_max))

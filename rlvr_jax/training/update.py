@@ -91,6 +91,7 @@ class UpdateConfig:
       cliprange_value: value-loss clip range (critic updates only).
       max_tokens_per_micro_batch: pack sequences into rows of real tokens, this many tokens per
         micro-batch (`packing.py`; `micro_batch_size` is then unused); None: padded rows. Actor only.
+      share_prompts: packed rows hold one copy of a prompt for all its responses (`packing.plan_packing`).
       fuse_old_logp: take the old log-probs from the update's own forward (stop-gradient) instead of
         the batch's `old_logp`; exact only with one epoch and one mini-batch (checked per call).
     """
@@ -114,6 +115,7 @@ class UpdateConfig:
     shuffle: bool = False
     cliprange_value: float = 0.5
     max_tokens_per_micro_batch: int | None = None
+    share_prompts: bool = False
     fuse_old_logp: bool = False
 
     def __post_init__(self):
@@ -178,7 +180,7 @@ def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Ca
         if "segment_ids" in mb:
             logp, ent = packing.packed_logprobs(
                 params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["logit_index"],
-                mb["resp_index"], **kw)
+                mb["resp_index"], parent_ids_rt=mb["parent_ids"], targets_rq=mb["targets"], **kw)
         else:
             r = mb["response_mask"].shape[1]
             logp, ent = response_logprobs(params, cfg, mb["input_ids"], mb["attention_mask"], r, **kw)
@@ -440,7 +442,7 @@ def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerCo
         plan = packing.plan_packing(
             ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
             max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
-        )
+            share_prompts=ucfg.share_prompts)
         plan = ratchet(plan)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         key = (b, plan.tokens.shape[0])
