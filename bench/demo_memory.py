@@ -55,13 +55,14 @@ class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval_s: float):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
-        self.peak = self.current = 0
+        self.peak = self.current = self.window = 0
         self.done = threading.Event()
 
     def run(self):
         while not self.done.is_set():
             self.current = _tree_rss_bytes(self.pid)
             self.peak = max(self.peak, self.current)
+            self.window = max(self.window, self.current)
             self.done.wait(self.interval_s)
 
 
@@ -82,7 +83,9 @@ def main() -> None:
     for line in proc.stdout:  # tqdm redraws with \r: keep only finished lines short
         line = line.rstrip("\n").split("\r")[-1]
         if args.timeline:
-            print(f"[{time.perf_counter() - start:7.1f}s {sampler.current / 2**30:5.2f} GiB] {line}", flush=True)
+            print(f"[{time.perf_counter() - start:7.1f}s {sampler.current / 2**30:5.2f} GiB, "
+                  f"max since last line {sampler.window / 2**30:5.2f}] {line}", flush=True)
+            sampler.window = sampler.current
     code = proc.wait()
     wall = time.perf_counter() - start
     sampler.done.set()
