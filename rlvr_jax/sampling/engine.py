@@ -41,10 +41,10 @@ from rlvr_jax.sampling.controls import Controls, select_tokens
 
 L = shd
 _SLOT = (L.ACT_BATCH,)
+_SLOT_T = (L.ACT_BATCH, None)
 # A common prompt prefix is prefilled once when it spans at least this many tokens (and is rounded down to
 # a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation.
 SHARED_PREFIX_MULTIPLE = 16
-_SLOT_T = (L.ACT_BATCH, None)
 
 
 def _slot_constrain(sharder, state: dict) -> dict:
