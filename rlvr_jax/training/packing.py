@@ -49,6 +49,8 @@ MIN_ROW_LEN = 256
 
 PLAN_KEYS = ("tokens", "positions", "segment_ids", "parent_ids", "logit_index", "targets", "resp_index",
              "seq_index", "slot_valid")
+# The plan arrays `packed_logprobs` takes, in its argument order.
+PACKED_INPUTS = ("tokens", "positions", "segment_ids", "parent_ids", "logit_index", "targets", "resp_index")
 
 
 def _pow2(n: int) -> int:
@@ -229,16 +231,16 @@ def plan_packing(
                 shared, prompt_seg, last = len(members) > 1, seg, start + n_p - 1
                 start += n_p
                 for i in members:
-                    k = int(resp_lengths[i])
+                    k, response = int(resp_lengths[i]), ids[i, p:][mask[i, p:]]
                     if shared:  # each response its own segment, the prompt's as parent
                         seg += 1
                         out["parent_ids"][at][start : start + k] = prompt_seg
-                    out["tokens"][at][start : start + k] = ids[i, p:][mask[i, p:]]
+                    out["tokens"][at][start : start + k] = response
                     out["positions"][at][start : start + k] = n_p + np.arange(k)
                     out["segment_ids"][at][start : start + k] = seg
                     # Response token t is predicted by the token before it: the prompt's last for t = 0.
                     logit_index[at][used : used + k] = np.concatenate([[last], start + np.arange(k - 1)])[:k]
-                    targets[at][used : used + k] = ids[i, p:][mask[i, p:]]
+                    targets[at][used : used + k] = response
                     real_t = mask[i, p:]
                     resp_index[at][slot] = np.where(real_t, used + np.cumsum(real_t) - 1, 0)
                     seq_index[at][slot], slot_valid[at][slot] = i, True
@@ -260,17 +262,16 @@ def batch_shards(sharder: shd.Sharder | None) -> int:
 
 
 def packed_logprobs(
-    params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, logit_index_rq, resp_index_rsr, *,
-    temperature: float, chunk: int, with_entropy: bool, sharder=None, parent_ids_rt=None, targets_rq=None,
+    params, cfg: ModelConfig, tokens_rt, positions_rt, segment_ids_rt, parent_ids_rt, logit_index_rq, targets_rq,
+    resp_index_rsr, *, temperature: float, chunk: int, with_entropy: bool, sharder=None,
 ):
     """Differentiable log-probs (and entropy) of the response tokens of one packed micro-batch.
 
     Args:
-      tokens_rt, positions_rt, segment_ids_rt: `[rows, T]` packed rows. logit_index_rq: `[rows, Q]`.
+      tokens_rt, positions_rt, segment_ids_rt, parent_ids_rt: `[rows, T]` packed rows (`PackedPlan`).
+      logit_index_rq, targets_rq: `[rows, Q]` positions to project and the token each predicts.
       resp_index_rsr: `[rows, S, R]`.
       temperature, chunk, with_entropy, sharder: as `logprobs.logprobs_from_hidden`.
-      parent_ids_rt: optional `[rows, T]` (shared prompts, see `plan_packing`). targets_rq: `[rows, Q]` token
-        predicted at each logit position (the plan's `targets`); None: the next token in the row.
 
     Returns:
       `(logp, entropy or None)`, float32 `[rows * S, R]` in the padded response layout (slots holding
@@ -280,10 +281,8 @@ def packed_logprobs(
     h_rtd = transformer.decoder_stack_packed(params, cfg, tokens_rt, positions_rt, segment_ids_rt,
                                              parent_ids_bt=parent_ids_rt, sharder=sharder)
     w, w_spec = transformer.lm_head(params, cfg)
-    # Only the positions that predict a response token: position j predicts the token at j + 1.
+    # Only the positions that predict a response token are projected to the vocabulary.
     h_rqd = jnp.take_along_axis(h_rtd, logit_index_rq[:, :, None], axis=1)
-    if targets_rq is None:
-        targets_rq = jnp.take_along_axis(tokens_rt, jnp.minimum(logit_index_rq + 1, tokens_rt.shape[1] - 1), axis=1)
     logp_rq, ent_rq = logprobs_from_hidden(h_rqd, w.astype(h_rqd.dtype), targets_rq, temperature=temperature,
                                            chunk=chunk, with_entropy=with_entropy, sharder=sharder, w_spec=w_spec)
     rows, s, r = resp_index_rsr.shape
@@ -326,9 +325,8 @@ def _packed_logprob_program(cfg, temperature, chunk, with_entropy, sharder):
         def micro(carry, mb):
             def compute(mb):
                 logp, ent = packed_logprobs(
-                    params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["logit_index"],
-                    mb["resp_index"], temperature=temperature, chunk=chunk, with_entropy=with_entropy, sharder=sharder,
-                    parent_ids_rt=mb["parent_ids"], targets_rq=mb["targets"],
+                    params, cfg, *(mb[k] for k in PACKED_INPUTS), temperature=temperature, chunk=chunk,
+                    with_entropy=with_entropy, sharder=sharder,
                 )
                 return {"logp": logp} if ent is None else {"logp": logp, "entropy": ent}
 

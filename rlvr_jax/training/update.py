@@ -178,9 +178,7 @@ def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Ca
     def loss_fn(params, mb, denom):
         kw = dict(temperature=ucfg.temperature, chunk=ucfg.logprob_chunk, with_entropy=True, sharder=sharder)
         if "segment_ids" in mb:
-            logp, ent = packing.packed_logprobs(
-                params, cfg, mb["tokens"], mb["positions"], mb["segment_ids"], mb["logit_index"],
-                mb["resp_index"], parent_ids_rt=mb["parent_ids"], targets_rq=mb["targets"], **kw)
+            logp, ent = packing.packed_logprobs(params, cfg, *(mb[k] for k in packing.PACKED_INPUTS), **kw)
         else:
             r = mb["response_mask"].shape[1]
             logp, ent = response_logprobs(params, cfg, mb["input_ids"], mb["attention_mask"], r, **kw)
