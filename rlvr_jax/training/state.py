@@ -110,7 +110,25 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     )
     if not cfg.grad_clip:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+    return optax.chain(clip_by_global_norm(cfg.grad_clip), adamw)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scales updates by `min(1, max_norm / global_norm)` (torch's `clip_grad_norm_` without its 1e-6).
+
+    The same clip as `optax.clip_by_global_norm` (its state is the same `EmptyState`, so checkpoints are
+    interchangeable) written as one scalar multiply: optax divides every element by the norm under a
+    select, which XLA counts as expensive and does not duplicate into the two Adam moments that read it,
+    so the clipped gradients were materialised as a params-sized temporary (513 MiB at SmolLM2-135M,
+    `memory_analysis` of the optimizer step: 0 with this form).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))  # a zero norm gives 1.0
+        return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 @flax.struct.dataclass
