@@ -126,6 +126,32 @@ def test_packed_update_epochs_and_mini_batches_equal_padded(params):
         dataclasses.replace(ucfg, max_tokens_per_micro_batch=32, shuffle=True)
 
 
+def test_packed_update_skips_exactly_the_non_finite_mini_batch(params):
+    """One of two mini-batches has a NaN advantage: its optimizer step is not taken, the other's is, as in
+    the padded update (whose in-program skip is tested in test_training_step.py)."""
+    batch = rl_batch(params, b=8, seed=9, noise=0.2)
+    batch["advantages"] = np.asarray(batch["advantages"], np.float32).copy()
+    batch["advantages"][1] = np.nan  # row 1: mini-batch 1 of the strided split (rows 1, 3, 5, 7)
+    ucfg = tr.UpdateConfig(temperature=TEMP, mini_batch_size=4, micro_batch_size=2, logprob_chunk=4)
+    padded = _run(params, batch, ucfg)
+    packed = _run(params, batch, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32))
+    assert max_diff(padded[0], packed[0]) < 2e-5
+    for k, v in padded[1].items():  # NaN where the bad mini-batch enters a mean (loss, advantages), in both
+        if k != "pack_fill":
+            assert packed[1][k] == pytest.approx(v, rel=1e-5, abs=2e-6, nan_ok=True), k
+    assert packed[1]["finite"] == 0 and packed[1]["num_skipped"] == 1 and packed[1]["num_steps"] == 2
+    # Every mini-batch bad: nothing moves, not even the optimizer's step count.
+    batch["advantages"][0] = np.nan
+    state = tr.create_train_state(params, GRAD_PROBE)
+    before = to_np(state)
+    after, metrics = tr.make_update_fn(CFG, dataclasses.replace(ucfg, max_tokens_per_micro_batch=32),
+                                       GRAD_PROBE)(state, batch)
+    after = to_np(after)
+    jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+    assert int(after.step) == int(before.step) and float(metrics["num_skipped"]) == 2
+
+
 def test_packed_update_on_a_mesh_equals_padded_single_device(params):
     batch = rl_batch(params, b=8, seed=7, noise=0.2)
     ucfg = tr.UpdateConfig(temperature=TEMP, entropy_coeff=0.01, use_kl_loss=True, logprob_chunk=4)

@@ -23,7 +23,8 @@ Actor (GRPO or PPO) batch keys, all with rows sharded along `ACT_BATCH`:
 
 With `max_tokens_per_micro_batch` the same batch is packed on the host (`packing.py`) into rows of real
 tokens, per mini-batch, and micro-batches hold a token budget; losses, denominators and metrics are the
-padded ones (log-probs come back in the `[b, R]` layout). With `fuse_old_logp` (one epoch, one
+padded ones (log-probs come back in the `[b, R]` layout). That path (`packed_update.py`) loops over the
+optimizer steps on the host, a gradient program and an optimizer program each, for memory. With `fuse_old_logp` (one epoch, one
 mini-batch) `old_logp` is this forward's own, under a stop-gradient, and the batch may omit it.
 
 Critic (PPO) batch keys: input_ids, attention_mask, response_mask, old_values [B, R] and
@@ -37,10 +38,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from rlvr_jax import distributed
 from rlvr_jax import sharding as shd
 from rlvr_jax.algorithms import ActorLossConfig, actor_loss, aggregation_denominator, truncated_is_weights
 from rlvr_jax.models import transformer
@@ -63,9 +62,9 @@ ACTOR_BATCH_KEYS = ("input_ids", "attention_mask", "response_mask", "old_logp", 
 # How a per-micro-batch metric combines over the micro-batches of one mini-batch. Losses computed
 # with the mini-batch denominator are shares: they add up. Anything else is a token-mean over the
 # micro-batch and is re-weighted by its token count.
-_SUM_KEYS = frozenset({"loss", "pg_loss", "entropy", "kl", "vf_loss", "num_tokens"})
-_MIN_KEYS = frozenset({"ratio_min", "tis_weight_min"})
-_MAX_KEYS = frozenset({"ratio_max", "tis_weight_max"})
+SUM_KEYS = frozenset({"loss", "pg_loss", "entropy", "kl", "vf_loss", "num_tokens"})
+MIN_KEYS = frozenset({"ratio_min", "tis_weight_min"})
+MAX_KEYS = frozenset({"ratio_max", "tis_weight_max"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,32 +201,32 @@ def make_actor_loss_fn(cfg: ModelConfig, ucfg: UpdateConfig, sharder=None) -> Ca
     return loss_fn
 
 
-def _combine_micro(m: dict) -> dict:
+def combine_micro(m: dict) -> dict:
     """Reduces metrics stacked over micro-batches (leaves `[n_micro]`) to one mini-batch's."""
     weights = m["num_tokens"] / jnp.maximum(jnp.sum(m["num_tokens"]), 1.0)
     out = {}
     for k, v in m.items():
-        if k in _SUM_KEYS:
+        if k in SUM_KEYS:
             out[k] = jnp.sum(v)
-        elif k in _MIN_KEYS:
+        elif k in MIN_KEYS:
             out[k] = jnp.min(v)
-        elif k in _MAX_KEYS:
+        elif k in MAX_KEYS:
             out[k] = jnp.max(v)
         else:
             out[k] = jnp.sum(v * weights)
     return out
 
 
-def _combine_steps(m: dict) -> dict:
+def combine_steps(m: dict) -> dict:
     """Reduces metrics stacked over optimizer steps (leaves `[S]`) to the update's."""
     out = {}
     for k, v in m.items():
         if k == "finite":
             out["finite"] = jnp.all(v).astype(jnp.float32)
             out["num_skipped"] = jnp.sum(~v).astype(jnp.float32)
-        elif k in _MIN_KEYS:
+        elif k in MIN_KEYS:
             out[k] = jnp.min(v)
-        elif k in _MAX_KEYS:
+        elif k in MAX_KEYS:
             out[k] = jnp.max(v)
         elif k != "num_tokens":
             out[k] = jnp.mean(v.astype(jnp.float32))
@@ -259,7 +258,7 @@ def _accumulate_grads(loss_fn, params, micros: dict, denom, param_sh, n_micro: i
     return jax.lax.scan(body, zeros, micros, length=n_micro)
 
 
-def _batch_metrics(batch: dict, ppo_epochs: int) -> dict:
+def batch_metrics(batch: dict, ppo_epochs: int) -> dict:
     """Advantage statistics over valid response tokens and token counts of the whole batch."""
     m_bt = batch["response_mask"] > 0
     out = {
@@ -299,7 +298,7 @@ def _make_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, n_micro: 
         denom = aggregation_denominator(mb["response_mask"], ucfg.agg_mode, ucfg.max_response_len)
         micros = {k: constrain_rows(sharder, split_rows(v, n_micro), lead=1) for k, v in mb.items()}
         grads, stacked = _accumulate_grads(loss_fn, state.params, micros, denom, param_sh, n_micro)
-        return _optimizer_step(state, grads, _combine_micro(stacked), tx, schedule)
+        return _optimizer_step(state, grads, combine_micro(stacked), tx, schedule)
 
     def step(state: TrainState, batch: dict):
         rng, shuffle_rng = jax.random.split(state.rng)
@@ -321,12 +320,12 @@ def _make_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, n_micro: 
 
 def _epoch_metrics(stacked: dict, batch: dict, ppo_epochs: int) -> dict:
     """Per-optimizer-step metrics `[epochs, minis]` combined, plus the batch's own metrics."""
-    metrics = _combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
-    metrics.update(_batch_metrics(batch, ppo_epochs))
+    metrics = combine_steps(jax.tree.map(lambda x: x.reshape(-1), stacked))
+    metrics.update(batch_metrics(batch, ppo_epochs))
     return metrics
 
 
-def _require_keys(batch: dict, keys) -> None:
+def require_keys(batch: dict, keys) -> None:
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"update batch lacks {missing}; needs {list(keys)}")
@@ -338,7 +337,7 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
     cache = {}
 
     def update(state: TrainState, batch: dict):
-        _require_keys(batch, keys)
+        require_keys(batch, keys)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         b = batch["input_ids"].shape[0]
         if b not in cache:
@@ -355,109 +354,6 @@ def _build_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, s
                     donate_argnums=0,
                 )
         return cache[b](state, batch)
-
-    return update
-
-
-# Per-sequence batch arrays a packed micro-batch gathers into its slots (padded response layout).
-_SLOT_KEYS = ("response_mask", "old_logp", "advantages", "ref_logp", "rollout_logp")
-
-
-def _packed_micro_inputs(batch: dict, plan_mb: dict) -> dict:
-    """A packed micro-batch: its plan rows plus the batch's per-sequence arrays gathered to its `[rows * S]` slots."""
-    flat = plan_mb["seq_index"].reshape(-1)
-    mb = {k: plan_mb[k] for k in packing.PLAN_KEYS if k != "seq_index"}
-    mb.update({k: jnp.take(batch[k], flat, axis=0) for k in _SLOT_KEYS if k in batch})
-    valid = plan_mb["slot_valid"].reshape(-1, 1)
-    mb["response_mask"] = jnp.where(valid, mb["response_mask"], 0)  # empty slots count nowhere
-    return mb
-
-
-def _accumulate_packed(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
-    """`_accumulate_grads` over packed micro-batches (`plan_m` leaves `[M, rows, ...]`); empty ones are skipped."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def compute(mb):
-        (_, metrics), grads = grad_fn(params, mb, denom)
-        return jax.tree.map(lambda g: g.astype(jnp.float32), grads), metrics
-
-    if plan_m["tokens"].shape[0] == 1:  # one micro-batch (never empty): no buffer, no scan, no cond
-        grads, metrics = compute(_packed_micro_inputs(batch, jax.tree.map(lambda x: x[0], plan_m)))
-        if param_sh is not None:
-            grads = jax.lax.with_sharding_constraint(grads, param_sh)
-        return grads, jax.tree.map(lambda m: m[None], metrics)
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if param_sh is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
-
-    def body(acc, plan_mb):
-        mb = _packed_micro_inputs(batch, plan_mb)
-        grads, metrics = packing.skip_if_empty(mb["slot_valid"], compute, mb)
-        used = jnp.any(mb["slot_valid"])  # a skipped micro-batch must not win a min / max
-        metrics = {k: (jnp.where(used, v, jnp.inf) if k in _MIN_KEYS else
-                       jnp.where(used, v, -jnp.inf) if k in _MAX_KEYS else v) for k, v in metrics.items()}
-        acc = jax.tree.map(jnp.add, acc, grads)
-        if param_sh is not None:
-            acc = jax.lax.with_sharding_constraint(acc, param_sh)
-        return acc, metrics
-
-    return jax.lax.scan(body, zeros, plan_m)
-
-
-def _make_packed_step(loss_fn, ucfg: UpdateConfig, tx, schedule, n_mini: int, sharder, param_sh):
-    """The un-jitted `(state, batch, plan) -> (state, metrics)` program on packed rows (no shuffle)."""
-
-    def step(state: TrainState, batch: dict, plan: dict):
-        rng, _ = jax.random.split(state.rng)  # as the padded step, so both leave the same state
-        masks = split_rows(batch["response_mask"], n_mini)  # the same strided mini-batches as padded
-        denoms = jax.vmap(lambda m: aggregation_denominator(m, ucfg.agg_mode, ucfg.max_response_len))(masks)
-        plan_g = {k: packing.micro_major(v, sharder) for k, v in plan.items()}  # [G, M, rows, ...]
-
-        def mini_step(state, xs):
-            plan_m, denom = xs
-            grads, stacked = _accumulate_packed(loss_fn, state.params, batch, plan_m, denom, param_sh)
-            return _optimizer_step(state, grads, _combine_micro(stacked), tx, schedule)
-
-        def epoch(state, _):
-            return jax.lax.scan(mini_step, state, (plan_g, denoms))
-
-        state, stacked = jax.lax.scan(epoch, state, None, length=ucfg.ppo_epochs)
-        return state.replace(rng=rng), _epoch_metrics(stacked, batch, ucfg.ppo_epochs)
-
-    return step
-
-
-def _build_packed_update(loss_fn, keys, ucfg: UpdateConfig, opt_cfg: OptimizerConfig, sharder, logical_axes):
-    """`update(state, batch)` that plans packed rows on the host, then runs a jitted packed step."""
-    tx, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
-    cache, ratchet = {}, packing.ShapeRatchet()
-
-    def update(state: TrainState, batch: dict):
-        _require_keys(batch, keys)
-        ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
-        b, r = batch["response_mask"].shape
-        n_mini = ucfg.mini_batches(b)
-        plan = packing.plan_packing(
-            ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
-            max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
-            share_prompts=ucfg.share_prompts)
-        plan = ratchet(plan)
-        batch = {k: jnp.asarray(batch[k]) for k in keys}
-        key = (b, plan.tokens.shape[0])
-        if key not in cache:
-            if sharder is None:
-                step = _make_packed_step(loss_fn, ucfg, tx, schedule, n_mini, None, None)
-                cache[key] = jax.jit(step, donate_argnums=0)
-            else:
-                state_sh = state_shardings(state.params, logical_axes, opt_cfg, sharder)
-                step = _make_packed_step(loss_fn, ucfg, tx, schedule, n_mini, sharder, state_sh.params)
-                rows, plan_rows = (sharder.sharding((shd.ACT_BATCH,), (n,)) for n in key)  # prefix specs
-                cache[key] = jax.jit(step, in_shardings=(state_sh, rows, plan_rows),
-                                     out_shardings=(state_sh, sharder.replicated()), donate_argnums=0)
-        state, metrics = cache[key](state, batch, packing.put_plan(plan, sharder))
-        # Real tokens over the token slots the passes computed (1.0 = no padding at all).
-        fill = ucfg.ppo_epochs * plan.real_tokens / max(ucfg.ppo_epochs * plan.computed_tokens, 1)
-        return state, dict(metrics, pack_fill=jnp.asarray(fill, jnp.float32))
 
     return update
 
@@ -486,8 +382,12 @@ def make_update_fn(
     if update_cfg.fuse_old_logp:
         keys = tuple(k for k in keys if k != "old_logp")
     loss_fn = make_actor_loss_fn(cfg, update_cfg, sharder)
-    build = _build_packed_update if update_cfg.max_tokens_per_micro_batch else _build_update
-    return build(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
+    if update_cfg.max_tokens_per_micro_batch:
+        from rlvr_jax.training import packed_update  # it builds on this module's pieces
+
+        return packed_update.build_packed_update(loss_fn, keys, update_cfg, opt_cfg, sharder,
+                                                 transformer.param_logical_axes(cfg))
+    return _build_update(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
 
 
 def make_critic_update_fn(
