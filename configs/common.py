@@ -164,6 +164,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.save_every = 20  # Checkpoint period in steps (0 = only at the end / on SIGTERM).
     c.trainer.keep = 3  # Checkpoints kept (newest first); 0 keeps every one (launch/eval.py --steps=all).
     c.trainer.async_checkpoint = True  # Write checkpoints in the background.
+    # GB of arrays being encoded and written at once (Orbax's save_concurrent_gb; raised to 1.5x the largest
+    # array if below it): each costs its size again in host memory while it is written.
+    c.trainer.checkpoint_write_gb = 2.0
     c.trainer.eval_every = 20  # Validation period in steps (0 = never).
     c.trainer.eval_before_train = True  # Validate at step 0.
     # A step whose loss or gradient is NaN/inf: "stop" ends the run with an error naming the step and

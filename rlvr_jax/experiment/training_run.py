@@ -33,7 +33,7 @@ from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rewards.registry import build_reward
 from rlvr_jax.sampling import generate
 from rlvr_jax.training import critic as critic_lib
-from rlvr_jax.training.checkpoint import Checkpointer
+from rlvr_jax.training.checkpoint import Checkpointer, write_gb_for
 from rlvr_jax.training.loggers import RunInfo
 from rlvr_jax.training.logprobs import compute_logprobs
 from rlvr_jax.training.packing import ShapeRatchet, compute_logprobs_packed
@@ -162,7 +162,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
                              shuffle=config.data.shuffle)
     outputs = RunOutputs(
         checkpointer=Checkpointer(workdir / "checkpoints", save_every=config.trainer.save_every,
-                                  keep=config.trainer.keep, async_save=config.trainer.async_checkpoint),
+                                  keep=config.trainer.keep, async_save=config.trainer.async_checkpoint,
+                                  write_gb=write_gb_for(state, config.trainer.checkpoint_write_gb)),
         writer=MetricsWriter(workdir, enabled=is_main, loggers=tuple(config.trainer.loggers),
                              run=RunInfo(name=config.name, config=config.to_dict(), project=config.trainer.wandb_project,
                                          entity=config.trainer.wandb_entity)),

@@ -27,7 +27,7 @@ from rlvr_jax.training.state import SCHEDULES
 POSITIVE_KEYS = ("trainer.batch_size", "rollout.n", "rollout.max_new_tokens", "data.max_prompt_len",
                  "actor.micro_batch_size", "actor.ppo_epochs", "reward.num_workers", "reward.timeout_s",
                  "rollout.temperature", "actor.logprob_chunk", "eval.batch_size", "eval.max_new_tokens",
-                 "actor.max_tokens_per_micro_batch", "algorithm.max_sampling_rounds")
+                 "actor.max_tokens_per_micro_batch", "algorithm.max_sampling_rounds", "trainer.checkpoint_write_gb")
 NON_NEGATIVE_KEYS = ("trainer.total_steps", "trainer.save_every", "trainer.eval_every", "actor.mini_batch_size",
                      "actor.lr", "actor.weight_decay", "actor.grad_clip", "actor.entropy_coeff", "actor.kl_coef",
                      "rollout.sub_batch_size", "rollout.top_k", "eval.limit", "trainer.keep", "actor.tis_cap",

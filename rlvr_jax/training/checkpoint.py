@@ -22,9 +22,14 @@ class Checkpointer:
       keep: how many checkpoints to keep (oldest removed first); 0 keeps every one (to evaluate
         each checkpoint of a run afterwards, as the paper does every 20 steps).
       async_save: write in a background thread while training continues.
+      write_gb: GB of arrays encoded and written at once (Orbax's `save_concurrent_gb`); each array in
+        flight costs its size again in host memory, so the bound is what a save adds to the process
+        (unbounded, a save of SmolLM2-135M's 1.5 GB state added 1.2 GB). It must exceed the largest array
+        (`write_gb_for`). None: Orbax's default (96 GB).
     """
 
-    def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True,
+                 write_gb: float | None = None):
         self.directory = pathlib.Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.save_every = int(save_every)
@@ -33,7 +38,13 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = None
+        if write_gb is not None:
+            if not write_gb > 0:
+                raise ValueError(f"write_gb must be > 0 (or None), got {write_gb}")
+            handlers = {"state": ocp.StandardCheckpointHandler(save_concurrent_gb=write_gb),
+                        "host": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -75,6 +86,13 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def write_gb_for(tree: Any, write_gb: float) -> float:
+    """`write_gb`, raised to 1.5x the largest array of `tree` when below it (Orbax refuses an array larger
+    than its in-flight bound)."""
+    largest = max((x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, "nbytes")), default=0)
+    return max(float(write_gb), 1.5 * largest / 1e9)
 
 
 def restore_params(directory, abstract_params: Any, shardings: Any, step: int | None = None) -> tuple[Any, int]:
