@@ -57,6 +57,10 @@ def test_dry_run_prints_hand_computed_bytes(tmp_path):
     update = (params + expected["activations (one micro-batch, remat)"]
               + expected["logits block (float32, fwd+bwd)"])
     assert plan["peak"] == resident + max(rollout, update)
+    # AdamW's first moment in bf16: half its bytes.
+    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.actor.mu_dtype=bfloat16",
+                         devices=1)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["adamw moments"] == params + params // 2
 
 
 def test_nothing_compiles_after_step_one(tmp_path):

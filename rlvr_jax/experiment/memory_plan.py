@@ -43,7 +43,8 @@ def memory_plan(config) -> dict:
     p32 = _per_device_bytes(sharder, cfg, config.model.param_dtype)
     plan = {
         "params (master)": p32,
-        "adamw moments": 2 * _per_device_bytes(sharder, cfg, "float32"),
+        "adamw moments": (_per_device_bytes(sharder, cfg, config.actor.mu_dtype)  # first moment: actor.mu_dtype
+                          + _per_device_bytes(sharder, cfg, "float32")),
         "gradients": _per_device_bytes(sharder, cfg, "float32"),
         "reference params": (_per_device_bytes(sharder, cfg, resolve_dtype(config.model.ref_dtype))
                              if config.actor.use_kl_loss else 0),
