@@ -45,9 +45,8 @@ flags.DEFINE_bool("greedy", False, "Decode every benchmark greedily (a quick che
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from rlvr_jax import experiment, host_memory
+    from rlvr_jax import experiment
 
-    host_memory.map_large_allocations()  # XLA's freed buffers go back to the OS (host_memory.py)
     greedy = True if FLAGS.greedy else None
     if FLAGS.steps is not None:
         if FLAGS.step is not None:

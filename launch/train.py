@@ -35,9 +35,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint file at INFO.
-    from rlvr_jax import distributed, experiment, host_memory
-
-    host_memory.map_large_allocations()  # XLA's freed buffers go back to the OS (host_memory.py)
+    from rlvr_jax import distributed, experiment
 
     # Validated before joining other processes, so a bad config fails alone.
     experiment.validate(FLAGS.config, need_weights=not FLAGS.dry_run)
