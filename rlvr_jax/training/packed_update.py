@@ -11,10 +11,11 @@ mini-batch, micro-batches of a token budget), then runs a host loop, as verl's a
 
 Two programs instead of one fused scan, for memory: the optimizer runs with nothing else alive but
 the state and the gradients, and a non-finite step is skipped by not running it, where the fused
-program carries a conditional that keeps a second copy of the state's temporaries (SmolLM2-135M,
-`memory_analysis`: the fused step's temporaries 1,185 MiB; here 262 MiB for the gradients program
-(plus its 513 MiB of gradients) and none for the optimizer's). Losses, denominators, metrics and the
-skip rule are the padded update's (`update.py`), which the tests compare it with.
+program skips inside itself with a once-or-never loop whose carry costs temporaries (SmolLM2-135M,
+`memory_analysis`: the fused step's temporaries 1,185 MiB; here 262 MiB for the gradients program,
+plus its 513 MiB of gradients, and none for the optimizer's with a float32 first moment, 257 MiB with
+a bf16 one). Losses, denominators, metrics and the skip rule are the padded update's (`update.py`),
+which the tests compare it with.
 """
 
 from __future__ import annotations
