@@ -58,12 +58,8 @@ def _accumulate(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
 
     if plan_m["tokens"].shape[0] == 1:  # one micro-batch (never empty): no buffer, no scan, no cond
         grads, metrics = compute(_micro_inputs(batch, jax.tree.map(lambda x: x[0], plan_m)))
-        if param_sh is not None:
-            grads = jax.lax.with_sharding_constraint(grads, param_sh)
-        return grads, jax.tree.map(lambda m: m[None], metrics)
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if param_sh is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
+        return upd.like_params(grads, param_sh), jax.tree.map(lambda m: m[None], metrics)
+    zeros = upd.float32_zeros(params, param_sh)
 
     def body(acc, plan_mb):
         mb = _micro_inputs(batch, plan_mb)
@@ -71,10 +67,7 @@ def _accumulate(loss_fn, params, batch: dict, plan_m: dict, denom, param_sh):
         used = jnp.any(mb["slot_valid"])  # a skipped micro-batch must not win a min / max
         metrics = {k: (jnp.where(used, v, jnp.inf) if k in upd.MIN_KEYS else
                        jnp.where(used, v, -jnp.inf) if k in upd.MAX_KEYS else v) for k, v in metrics.items()}
-        acc = jax.tree.map(jnp.add, acc, grads)
-        if param_sh is not None:
-            acc = jax.lax.with_sharding_constraint(acc, param_sh)
-        return acc, metrics
+        return upd.like_params(jax.tree.map(jnp.add, acc, grads), param_sh), metrics
 
     return jax.lax.scan(body, zeros, plan_m)
 

@@ -234,25 +234,28 @@ def combine_steps(m: dict) -> dict:
     return out
 
 
+def like_params(tree, param_sh):
+    """`tree` (params-shaped) constrained to the params' shardings (FSDP: reduce-scatter, not all-reduce)."""
+    return tree if param_sh is None else jax.lax.with_sharding_constraint(tree, param_sh)
+
+
+def float32_zeros(params, param_sh):
+    """The gradient accumulator: float32 whatever the param dtype (bf16 sums of many micro-batches lose bits)."""
+    return like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params), param_sh)
+
+
 def _accumulate_grads(loss_fn, params, micros: dict, denom, param_sh, n_micro: int):
     """Sum of gradients and stacked metrics over micro-batches (`micros` leaves `[n_micro, mb, ...]`)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if n_micro == 1:  # nothing to accumulate: no zeros tree and no scan (a params-sized buffer less)
         (_, metrics), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micros), denom)
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-        if param_sh is not None:
-            grads = jax.lax.with_sharding_constraint(grads, param_sh)
+        grads = like_params(jax.tree.map(lambda g: g.astype(jnp.float32), grads), param_sh)
         return grads, jax.tree.map(lambda m: m[None], metrics)
-    # Accumulate in float32 whatever the param dtype: bf16 sums of many micro-batches lose bits.
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if param_sh is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, param_sh)
+    zeros = float32_zeros(params, param_sh)
 
     def body(acc, mb):
         (_, metrics), grads = grad_fn(params, mb, denom)
-        acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
-        if param_sh is not None:  # keep the accumulator FSDP-sharded (reduce-scatter, not all-reduce)
-            acc = jax.lax.with_sharding_constraint(acc, param_sh)
+        acc = like_params(jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), param_sh)
         return acc, metrics
 
     return jax.lax.scan(body, zeros, micros, length=n_micro)
