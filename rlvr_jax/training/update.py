@@ -1,6 +1,6 @@
 """The jitted update step: PPO epochs x mini-batches (one optimizer step each) x micro-batches.
 
-One call of `update(state, batch)` runs, inside a single jitted program:
+On padded rows, one call of `update(state, batch)` runs inside a single jitted program:
 
   for epoch in range(ppo_epochs):                  lax.scan; rows optionally shuffled per epoch
     for mini_batch in split(batch, n_mini):        lax.scan; one AdamW step per mini-batch
@@ -24,8 +24,9 @@ Actor (GRPO or PPO) batch keys, all with rows sharded along `ACT_BATCH`:
 With `max_tokens_per_micro_batch` the same batch is packed on the host (`packing.py`) into rows of real
 tokens, per mini-batch, and micro-batches hold a token budget; losses, denominators and metrics are the
 padded ones (log-probs come back in the `[b, R]` layout). That path (`packed_update.py`) loops over the
-optimizer steps on the host, a gradient program and an optimizer program each, for memory. With `fuse_old_logp` (one epoch, one
-mini-batch) `old_logp` is this forward's own, under a stop-gradient, and the batch may omit it.
+optimizer steps on the host, a gradient program and an optimizer program each, for memory. With
+`fuse_old_logp` (one epoch, one mini-batch) `old_logp` is this forward's own, under a stop-gradient, and
+the batch may omit it.
 
 Critic (PPO) batch keys: input_ids, attention_mask, response_mask, old_values [B, R] and
 returns [B, R] (see `critic.py`). Other keys are ignored, so one dict can feed both.
