@@ -103,19 +103,26 @@ def build_packed_update(loss_fn, keys, ucfg, opt_cfg, sharder, logical_axes):
     programs, ratchet = {}, packing.ShapeRatchet()
 
     def compile_programs(state: TrainState, b: int, rows: int, n_mini: int):
+        # The optimizer step and the metrics' finish do not depend on the batch shape: built once, so a new
+        # plan shape compiles only its gradient program.
+        if "shared" not in programs:
+            if sharder is None:
+                programs["shared"] = (jax.jit(lambda s, g: apply_gradients(s, g, tx), donate_argnums=0),
+                                      jax.jit(_finish, static_argnums=3))
+            else:
+                state_sh = state_shardings(state.params, logical_axes, opt_cfg, sharder)
+                programs["shared"] = (
+                    jax.jit(lambda s, g: apply_gradients(s, g, tx), in_shardings=(state_sh, state_sh.params),
+                            out_shardings=state_sh, donate_argnums=0),
+                    jax.jit(_finish, static_argnums=3, out_shardings=(sharder.replicated(),) * 2))
+        step, finish = programs["shared"]
         if sharder is None:
-            gradients = jax.jit(_gradients_program(loss_fn, ucfg, schedule, n_mini, None, None), static_argnums=4)
-            step = jax.jit(lambda s, g: apply_gradients(s, g, tx), donate_argnums=0)
-            return gradients, step, jax.jit(_finish, static_argnums=3)
-        state_sh = state_shardings(state.params, logical_axes, opt_cfg, sharder)
-        repl = sharder.replicated()
+            return jax.jit(_gradients_program(loss_fn, ucfg, schedule, n_mini, None, None), static_argnums=4), step, finish
+        param_sh = state_shardings(state.params, logical_axes, opt_cfg, sharder).params
         batch_rows, plan_rows = (sharder.sharding((shd.ACT_BATCH,), (n,)) for n in (b, rows))  # prefix specs
-        gradients = jax.jit(_gradients_program(loss_fn, ucfg, schedule, n_mini, sharder, state_sh.params),
-                            in_shardings=(state_sh.params, repl, batch_rows, plan_rows),
-                            out_shardings=(state_sh.params, repl), static_argnums=4)
-        step = jax.jit(lambda s, g: apply_gradients(s, g, tx), in_shardings=(state_sh, state_sh.params),
-                       out_shardings=state_sh, donate_argnums=0)
-        finish = jax.jit(_finish, static_argnums=3, out_shardings=(repl, repl))
+        gradients = jax.jit(_gradients_program(loss_fn, ucfg, schedule, n_mini, sharder, param_sh),
+                            in_shardings=(param_sh, sharder.replicated(), batch_rows, plan_rows),
+                            out_shardings=(param_sh, sharder.replicated()), static_argnums=4)
         return gradients, step, finish
 
     def update(state: TrainState, batch: dict):
