@@ -1,6 +1,9 @@
 """Continuous batching: schedule-free samples against a full-recomputation static sampler, trainer log-probs."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -168,3 +171,59 @@ def test_shared_prefix_on_a_mesh_equals_unsharded(model):
     got = sampling.generate(placed, cfg, prompts, sharder=sharder, sub_batch_size=8, **kw)
     assert got.tokens == ref.tokens
     np.testing.assert_allclose(got.logprob_array, ref.logprob_array, atol=1e-5)
+
+
+def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts):
+    """On one CPU device the per-layer decode weights are views of the stacked arrays (no second copy of the
+    weights per rollout), sample exactly what the copy samples, and leave later donation of the params safe."""
+    cfg, params = model
+    own = lambda: jax.device_put(jax.tree.map(np.array, params), jax.devices("cpu")[0])  # fresh buffers to donate
+    placed = own()
+    assert cfg.dtype == "float32" and all(x.dtype == np.float32 for x in jax.tree.leaves(placed))
+    views, copy = engine.decode_params(placed, cfg), engine.unstack_params(placed, cfg=cfg)
+    stacked = jax.tree.leaves(placed["layers"])
+    for i, layer in enumerate(views["layers"]):
+        for view, copied, whole in zip(jax.tree.leaves(layer), jax.tree.leaves(copy["layers"][i]), stacked):
+            assert view.unsafe_buffer_pointer() == whole.unsafe_buffer_pointer() + i * view.nbytes
+            np.testing.assert_array_equal(view, copied)
+    kw = dict(max_new_tokens=T, temperature=0.8, n=2, seed=3, stop_token_ids=(5, 50), sub_batch_size=4, progress=False)
+    got = sampling.generate(placed, cfg, prompts, **kw)
+    real = engine.decode_params
+    try:
+        engine.decode_params = lambda p, c: engine.unstack_params(p, cfg=c)
+        ref = sampling.generate(placed, cfg, prompts, **kw)
+    finally:
+        engine.decode_params = real
+    assert got.tokens == ref.tokens
+    np.testing.assert_array_equal(got.logprob_array, ref.logprob_array)
+    # A donation while views exist copies instead of writing into the viewed buffer.
+    before = np.asarray(views["layers"][1]["mlp"]["up_proj"]["kernel"]).copy()
+    jax.jit(lambda p: jax.tree.map(lambda x: x * 0, p), donate_argnums=0)(placed)
+    np.testing.assert_array_equal(views["layers"][1]["mlp"]["up_proj"]["kernel"], before)
+    # A cast (bf16 compute over float32 weights) needs its own copy.
+    fresh = own()
+    cast = engine.decode_params(fresh, dataclasses.replace(cfg, dtype="bfloat16"))["layers"][1]["mlp"]["up_proj"]
+    assert cast["kernel"].dtype == jnp.bfloat16
+    assert cast["kernel"].unsafe_buffer_pointer() != fresh["layers"]["mlp"]["up_proj"]["kernel"].unsafe_buffer_pointer()
+
+
+def test_decode_programs_are_dropped_past_the_shape_bound(model, prompts, monkeypatch):
+    """Programs of past decode shapes are kept up to `MAX_SEGMENT_SHAPES`, then dropped (and recompiled
+    on use) instead of piling up; samples do not depend on it."""
+    from rlvr_jax.compile_counter import CompileCounter
+    from rlvr_jax.sampling import scheduler
+
+    cfg, params = model
+    kw = dict(max_new_tokens=T, n=2, seed=1, temperature=0.8, stop_token_ids=(5,), progress=False)
+    monkeypatch.setattr(scheduler, "MAX_SEGMENT_SHAPES", 100)
+    first = sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw)
+    sampling.generate(params, cfg, prompts, sub_batch_size=4, **kw)  # more shapes
+    with CompileCounter() as cc:
+        assert sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw).tokens == first.tokens
+    assert cc.count == 0, cc.summary()  # within the bound: every program is reused
+    monkeypatch.setattr(scheduler, "MAX_SEGMENT_SHAPES", 1)
+    with CompileCounter() as cc:
+        again = sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw)
+    assert "jit(segment)" in cc.names  # past the bound: dropped, compiled again
+    assert again.tokens == first.tokens
+    np.testing.assert_array_equal(again.logprob_array, first.logprob_array)

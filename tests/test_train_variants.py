@@ -39,7 +39,7 @@ def test_dry_run_prints_hand_computed_bytes(tmp_path):
         "adamw moments": 2 * params,  # mu and nu in float32
         "gradients": params,
         "reference params": params,  # tiny keeps the KL reference in float32
-        "sampler weight copy (compute dtype)": params,  # compute dtype float32
+        "sampler weight copy (compute dtype)": 0,  # one CPU device, no cast: per-layer views, no copy
         # K and V, every layer, every sequence, full length, float32.
         "kv cache (one rollout sub-batch)": 2 * LAYERS * seqs * length * KV_HEADS * HEAD_DIM * f32,
         # No remat: every layer keeps its q,k,v,o-sized (4 x hidden) and gate,up,act (3 x inter)
@@ -53,7 +53,7 @@ def test_dry_run_prints_hand_computed_bytes(tmp_path):
         assert plan[name] == value, name
     resident = 4 * params  # master + 2 moments + reference
     assert plan["resident (params, moments, reference)"] == resident
-    rollout = params + expected["kv cache (one rollout sub-batch)"]
+    rollout = expected["kv cache (one rollout sub-batch)"]
     update = (params + expected["activations (one micro-batch, remat)"]
               + expected["logits block (float32, fwd+bwd)"])
     assert plan["peak"] == resident + max(rollout, update)
@@ -61,6 +61,12 @@ def test_dry_run_prints_hand_computed_bytes(tmp_path):
     proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.actor.mu_dtype=bfloat16",
                          devices=1)
     assert json.loads(proc.stdout.strip().splitlines()[-1])["adamw moments"] == params + params // 2
+    # bf16 compute over float32 weights, or several devices: the sampler holds its own copy.
+    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.model.dtype=bfloat16",
+                         devices=1)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["sampler weight copy (compute dtype)"] == params // 2
+    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(2,1,1)", devices=2)  # data parallel
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["sampler weight copy (compute dtype)"] == params
 
 
 def test_nothing_compiles_after_step_one(tmp_path):

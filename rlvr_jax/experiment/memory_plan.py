@@ -34,6 +34,13 @@ def _per_device_bytes(sharder: shd.Sharder, cfg: ModelConfig, dtype: str) -> int
     return total
 
 
+def _views_of_weights(sharder: shd.Sharder, cfg: ModelConfig, param_dtype: str) -> bool:
+    """Whether the sampler decodes from views of the stacked weights instead of a copy (`engine.decode_params`)."""
+    devices = sharder.mesh.devices
+    return devices.size == 1 and devices.flat[0].platform == "cpu" and jax.numpy.dtype(cfg.dtype) == jax.numpy.dtype(
+        param_dtype)
+
+
 def memory_plan(config) -> dict:
     """Per-device bytes of each resident piece of an RL step, and the total (no weights needed)."""
     cfg = model_config(config, need_weights=False)
@@ -48,7 +55,9 @@ def memory_plan(config) -> dict:
         "gradients": _per_device_bytes(sharder, cfg, "float32"),
         "reference params": (_per_device_bytes(sharder, cfg, resolve_dtype(config.model.ref_dtype))
                              if config.actor.use_kl_loss else 0),
-        "sampler weight copy (compute dtype)": _per_device_bytes(sharder, cfg, cfg.dtype),
+        # None on one CPU device without a cast: the decode's per-layer weights are views (engine.decode_params).
+        "sampler weight copy (compute dtype)": (0 if _views_of_weights(sharder, cfg, config.model.param_dtype)
+                                                else _per_device_bytes(sharder, cfg, cfg.dtype)),
     }
     seqs = config.trainer.batch_size * config.rollout.n
     sub = config.rollout.sub_batch_size or seqs

@@ -10,7 +10,8 @@ that a decode step cannot afford (seen in the optimised HLO on CPU):
 
 So this path uses its own layouts:
   * params: `unstack_params` gives a list of per-layer dicts in the compute dtype (one copy of the
-    weights per `generate` call; the matmuls then read each weight exactly once per token);
+    weights per `generate` call; the matmuls then read each weight exactly once per token). On a CPU
+    device with no cast, `engine.decode_params` makes those per-layer arrays views of the stacked ones;
   * cache: a list of per-layer `{"k", "v"}` of shape `[b, k, w, e]` (kv-head-major, the layout the
     attention matmuls want). Slot `b` holds one sample left-aligned: its prompt in `[0, len)`, then
     its tokens; `fill_b` is the next free position, which is also the RoPE position of the token

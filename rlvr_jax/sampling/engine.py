@@ -68,6 +68,29 @@ def init_state(*, cfg: ModelConfig, slots: int, window: int, max_new_tokens: int
 unstack_params = jax.jit(dstep.unstack_params, static_argnames=("cfg",))
 
 
+def decode_params(params, cfg: ModelConfig) -> dict:
+    """`decode_step.unstack_params(params, cfg)`, as views instead of a copy where the buffers allow it.
+
+    The copy is a second set of weights for the whole rollout (0.5 GB of the CPU demo's ~3 GB). On a CPU
+    device, when the compute dtype is the stored one, each layer's weights can instead alias the stacked
+    arrays: `device_put` of a NumPy view of a CPU buffer is zero-copy (aligned slices of a row-major stack
+    are). The views keep the stacked buffers alive; a donation of those while views exist falls back to a
+    copy (JAX never writes into a buffer with an outside reference). Accelerators, sharded params and
+    casts take the jitted copy.
+    """
+    dt = jnp.dtype(cfg.dtype)
+    leaves = jax.tree.leaves(params)
+    devices = {d for x in leaves if isinstance(x, jax.Array) for d in x.sharding.device_set}
+    if (len(devices) != 1 or next(iter(devices)).platform != "cpu"
+            or not all(isinstance(x, jax.Array) and x.dtype == dt for x in leaves)):
+        return unstack_params(params, cfg=cfg)
+    device = next(iter(devices))
+    out = {k: v for k, v in params.items() if k != "layers"}
+    stacked = jax.tree.map(np.asarray, params["layers"])  # zero-copy host views of the CPU buffers
+    out["layers"] = [jax.tree.map(lambda x, i=i: jax.device_put(x[i], device), stacked) for i in range(cfg.num_layers)]
+    return out
+
+
 @functools.partial(jax.jit, static_argnames=("window", "sharder"))
 def reshape(state: dict, src_s, *, window: int, sharder=None) -> dict:
     """Slot `i` of the result is slot `src_s[i]` of `state` (-1: a free slot); cache window -> `window`.
