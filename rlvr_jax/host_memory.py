@@ -13,6 +13,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import threading
+
+import jax
+
+# The duration event JAX records once per XLA compilation (see compile_counter.py).
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_installed = threading.Lock()
+_listening = False
 
 
 @functools.cache
@@ -30,3 +38,24 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def _after_compile(event: str, duration: float, **kwargs) -> None:
+    if event == _COMPILE_EVENT:
+        release_free_memory()
+
+
+def release_after_compiles() -> None:
+    """From now on, every XLA compilation hands the compiler's freed memory back before its program runs.
+
+    Compiling an update or decode program takes a few hundred MB of compiler memory; glibc keeps it
+    once freed, and the new program's buffers then come on top of it. A compile that happens inside a
+    training step (a new packing or window shape late in a run) set the CPU demo's peak that way
+    (BENCHMARKS.md). JAX reports each compilation synchronously, before the program first runs, so a
+    trim there is in time. Process-wide and idempotent; `malloc_trim` costs milliseconds, compiles seconds.
+    """
+    global _listening
+    with _installed:
+        if not _listening:
+            jax.monitoring.register_event_duration_secs_listener(_after_compile)
+            _listening = True

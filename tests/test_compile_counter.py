@@ -54,3 +54,23 @@ def test_double_start_is_an_error():
     finally:
         cc.stop()
     cc.stop()  # idempotent
+
+
+def test_release_after_compiles_trims_the_heap_once_per_compilation(monkeypatch):
+    from rlvr_jax import host_memory
+
+    calls = []
+    monkeypatch.setattr(host_memory, "release_free_memory", lambda: calls.append(1))
+    host_memory.release_after_compiles()
+    host_memory.release_after_compiles()  # idempotent: still one listener
+
+    @jax.jit
+    def f(x):
+        return x * 3.0 + 1.0
+
+    a, b = (jax.device_put(np.ones(shape, np.float32)) for shape in ((7,), (9,)))
+    f(a).block_until_ready()
+    f(a).block_until_ready()  # cached: no compile, no trim
+    assert len(calls) == 1
+    f(b).block_until_ready()  # a new shape compiles again
+    assert len(calls) == 2

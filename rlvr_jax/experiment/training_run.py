@@ -28,6 +28,7 @@ from rlvr_jax.experiment import model as model_lib
 from rlvr_jax.experiment.datasets import resolve_benchmarks, training_examples
 from rlvr_jax.experiment.settings import Settings, rollout_settings, settings_from_config
 from rlvr_jax.experiment.validation import validate
+from rlvr_jax.host_memory import release_after_compiles
 from rlvr_jax.models import ModelConfig, param_logical_axes
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rewards.registry import build_reward
@@ -139,6 +140,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
       The `Run`; `Run.loop(pool)` gives the loop to run from `Run.start_step`.
     """
     validate(config)
+    release_after_compiles()  # a compile inside a step must not add its compiler memory to the step's peak
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
