@@ -206,24 +206,3 @@ def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts):
     assert cast["kernel"].dtype == jnp.bfloat16
     assert cast["kernel"].unsafe_buffer_pointer() != fresh["layers"]["mlp"]["up_proj"]["kernel"].unsafe_buffer_pointer()
 
-
-def test_decode_programs_are_dropped_past_the_shape_bound(model, prompts, monkeypatch):
-    """Programs of past decode shapes are kept up to `MAX_SEGMENT_SHAPES`, then dropped (and recompiled
-    on use) instead of piling up; samples do not depend on it."""
-    from rlvr_jax.compile_counter import CompileCounter
-    from rlvr_jax.sampling import scheduler
-
-    cfg, params = model
-    kw = dict(max_new_tokens=T, n=2, seed=1, temperature=0.8, stop_token_ids=(5,), progress=False)
-    monkeypatch.setattr(scheduler, "MAX_SEGMENT_SHAPES", 100)
-    first = sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw)
-    sampling.generate(params, cfg, prompts, sub_batch_size=4, **kw)  # more shapes
-    with CompileCounter() as cc:
-        assert sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw).tokens == first.tokens
-    assert cc.count == 0, cc.summary()  # within the bound: every program is reused
-    monkeypatch.setattr(scheduler, "MAX_SEGMENT_SHAPES", 1)
-    with CompileCounter() as cc:
-        again = sampling.generate(params, cfg, prompts, sub_batch_size=2, **kw)
-    assert "jit(segment)" in cc.names  # past the bound: dropped, compiled again
-    assert again.tokens == first.tokens
-    np.testing.assert_array_equal(again.logprob_array, first.logprob_array)

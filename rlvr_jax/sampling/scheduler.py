@@ -29,13 +29,6 @@ from rlvr_jax.sampling.progress import ProgressBar
 # Decode steps per segment at most: long enough to amortise the host round trip (a device sync and
 # a few small programs), short enough that the window tracks the longest live row closely.
 SEGMENT_STEPS = 32
-# Decode-segment shapes (slots, window) whose programs are kept across `run`s. Each program unrolls every
-# layer and holds tens of MB of host memory (30-40 MiB for SmolLM2-135M on CPU); over a long run the
-# shapes drift with the response lengths (and evaluations bring their own), so without a bound the
-# programs of shapes no longer used pile up (the CPU demo's resident size crept by ~0.4 GB). Past the
-# bound the engine's programs are all dropped and the shapes in use compile again.
-MAX_SEGMENT_SHAPES = 6
-_segment_shapes: set = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +82,6 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
       numpy `tokens` int32 `[N, t]`, `logprobs` float32 `[N, t]`, `lengths` int32 `[N]`, `stopped` bool `[N]`.
     """
     stats = stats if stats is not None else Stats()
-    _bound_programs()
     t, n_rows = plan.max_new_tokens, len(prompts) * plan.n
     out = dict(tokens=np.zeros((n_rows, t), np.int32), logprobs=np.zeros((n_rows, t), np.float32),
                lengths=np.zeros((n_rows,), np.int32), stopped=np.zeros((n_rows,), bool))
@@ -108,7 +100,6 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
                 stats.refills += 1
             if np.all(slot_row < 0):
                 break
-            _segment_shapes.add((len(slot_row), state["cache"][0]["k"].shape[2]))
             state = engine.segment(dparams, state, np.int32(_refill_at(plan, slot_row, pending)), *_traced(sample),
                                    cfg=cfg, controls=sample["controls"], steps=plan.steps, sharder=sharder)
             snap = to_host({k: state[k] for k in ("done", "fill", "count")})
@@ -126,15 +117,6 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
                 slot_row[finished] = -1
                 bar.update(int(finished.sum()), int(out["lengths"].sum()))
     return out
-
-
-def _bound_programs() -> None:
-    """Drops the engine's compiled programs once more than `MAX_SEGMENT_SHAPES` segment shapes were run."""
-    if len(_segment_shapes) > MAX_SEGMENT_SHAPES:
-        for program in (engine.segment, engine.reshape, engine.insert, engine.prefill, engine.init_state,
-                        engine.unstack_params):
-            program.clear_cache()
-        _segment_shapes.clear()
 
 
 def _traced(sample: dict) -> tuple:
