@@ -200,6 +200,11 @@ def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts):
     before = np.asarray(views["layers"][1]["mlp"]["up_proj"]["kernel"]).copy()
     jax.jit(lambda p: jax.tree.map(lambda x: x * 0, p), donate_argnums=0)(placed)
     np.testing.assert_array_equal(views["layers"][1]["mlp"]["up_proj"]["kernel"], before)
+    # Once the views are gone, the params donate again (nothing keeps an outside reference to them).
+    later = own()
+    engine.decode_params(later, cfg)
+    jax.jit(lambda p: jax.tree.map(lambda x: x + 1, p), donate_argnums=0)(later["layers"])
+    assert all(x.is_deleted() for x in jax.tree.leaves(later["layers"]))
     # A cast (bf16 compute over float32 weights) needs its own copy.
     fresh = own()
     cast = engine.decode_params(fresh, dataclasses.replace(cfg, dtype="bfloat16"))["layers"][1]["mlp"]["up_proj"]

@@ -55,7 +55,7 @@ def memory_plan(config) -> dict:
         "gradients": _per_device_bytes(sharder, cfg, "float32"),
         "reference params": (_per_device_bytes(sharder, cfg, resolve_dtype(config.model.ref_dtype))
                              if config.actor.use_kl_loss else 0),
-        # None on one CPU device without a cast: the decode's per-layer weights are views (engine.decode_params).
+        # Zero on one CPU device without a cast: the decode's per-layer weights are views (engine.decode_params).
         "sampler weight copy (compute dtype)": (0 if _views_of_weights(sharder, cfg, config.model.param_dtype)
                                                 else _per_device_bytes(sharder, cfg, cfg.dtype)),
     }
