@@ -173,7 +173,7 @@ def test_shared_prefix_on_a_mesh_equals_unsharded(model):
     np.testing.assert_allclose(got.logprob_array, ref.logprob_array, atol=1e-5)
 
 
-def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts):
+def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts, monkeypatch):
     """On one CPU device the per-layer decode weights are views of the stacked arrays (no second copy of the
     weights per rollout), sample exactly what the copy samples, and leave later donation of the params safe."""
     cfg, params = model
@@ -188,12 +188,9 @@ def test_decode_params_alias_the_stacked_weights_on_cpu(model, prompts):
             np.testing.assert_array_equal(view, copied)
     kw = dict(max_new_tokens=T, temperature=0.8, n=2, seed=3, stop_token_ids=(5, 50), sub_batch_size=4, progress=False)
     got = sampling.generate(placed, cfg, prompts, **kw)
-    real = engine.decode_params
-    try:
-        engine.decode_params = lambda p, c: engine.unstack_params(p, cfg=c)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "decode_params", lambda p, c: engine.unstack_params(p, cfg=c))
         ref = sampling.generate(placed, cfg, prompts, **kw)
-    finally:
-        engine.decode_params = real
     assert got.tokens == ref.tokens
     np.testing.assert_array_equal(got.logprob_array, ref.logprob_array)
     # A donation while views exist copies instead of writing into the viewed buffer.
