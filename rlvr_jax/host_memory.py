@@ -17,8 +17,8 @@ import threading
 
 import jax
 
-# The duration event JAX records once per XLA compilation (see compile_counter.py).
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+from rlvr_jax.compile_counter import BACKEND_COMPILE_EVENT
+
 _installed = threading.Lock()
 _listening = False
 
@@ -41,7 +41,7 @@ def release_free_memory() -> None:
 
 
 def _after_compile(event: str, duration: float, **kwargs) -> None:
-    if event == _COMPILE_EVENT:
+    if event == BACKEND_COMPILE_EVENT:
         release_free_memory()
 
 
