@@ -10,7 +10,7 @@ import pytest
 from rlvr_jax import models, sampling
 from rlvr_jax import sharding as shd
 from rlvr_jax.sampling import controls as ctl
-from rlvr_jax.sampling import engine
+from rlvr_jax.sampling import engine, scheduler
 from rlvr_jax.training import logprobs as trainer_logprobs
 from tests.hf_fixtures import make_hf_model
 
@@ -102,16 +102,38 @@ def test_logprobs_equal_trainer_recomputation(model, prompts):
 
 def test_window_and_compaction_shapes(model):
     # 1 long prompt among short ones: the window grows to the long row's bucket; once the queue is empty
-    # the few live rows are compacted into fewer slots. Results still equal one slot per sample.
+    # the few live rows are compacted into a quarter of the slots. Results still equal the static order's.
     cfg, params = model
     rng = np.random.default_rng(2)
-    prompts = [rng.integers(1, 97, size=k).tolist() for k in (3, 40, 2, 4, 6, 3, 5, 2)]
-    kw = dict(max_new_tokens=12, temperature=1.0, seed=2, stop_token_ids=(7, 11, 13, 19, 23), progress=False)
+    prompts = [rng.integers(1, 97, size=k).tolist() for k in (3, 40, 2, 4, 6, 3, 5, 2, 7, 3, 2, 9, 4, 3, 5, 6, 2)]
+    kw = dict(max_new_tokens=40, temperature=1.0, seed=2, stop_token_ids=(7, 11, 13, 19, 23), progress=False)
     ref = sampling.generate(params, cfg, prompts, sub_batch_size=None, **kw)
     stats = sampling.Stats()
-    got = sampling.generate(params, cfg, prompts, sub_batch_size=8, stats=stats, **kw)
+    got = sampling.generate(params, cfg, prompts, sub_batch_size=16, stats=stats, **kw)
     assert got.tokens == ref.tokens
+    assert stats.compactions >= 1, stats
     assert 0 < stats.utilisation() <= 1
+
+
+def test_release_programs_then_generate_the_same(model):
+    cfg, params = model
+    prompts = [[5, 6, 7], [8, 9]]
+    kw = dict(max_new_tokens=6, temperature=1.0, seed=4, n=2, progress=False)
+    first = sampling.generate(params, cfg, prompts, **kw)
+    assert engine.segment._cache_size() > 0
+    sampling.release_programs()
+    programs = (engine.init_state, engine.reshape, engine.prefill, engine.insert, engine.segment)
+    assert all(p._cache_size() == 0 for p in programs)
+    assert sampling.generate(params, cfg, prompts, **kw).tokens == first.tokens  # compiled again, same samples
+
+
+def test_compaction_levels():
+    # Exactly a quarter, never below MIN_SLOTS_PER_SHARD per batch shard: one slot count per level.
+    assert scheduler.MIN_SLOTS_PER_SHARD == 4
+    assert [scheduler._compact_below(s, 1) for s in (4, 8, 12, 16, 32, 64)] == [0, 0, 0, 4, 8, 16]
+    assert [scheduler._compact_below(s, 2) for s in (16, 32, 64)] == [0, 8, 16]
+    assert scheduler._compact_below(132, 6) == 0  # 6 shards: 33 slots would not split evenly
+    assert scheduler._compact_below(96, 6) == 24
 
 
 def test_shared_prefix_length():

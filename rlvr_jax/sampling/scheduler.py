@@ -4,7 +4,8 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
   1. harvest slots whose sample finished (copy its tokens out, free the slot);
   2. plan the shapes: while samples are pending the slot count stays fixed; once the queue is empty
      and at most a quarter of the slots are live, the live ones are compacted into a quarter as
-     many slots (the long tail of RL lengths then runs on a smaller program). The cache window is the
+     many slots (the long tail of RL lengths then runs on a smaller program), never below
+     `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the
      bucketed length the live rows can reach within one segment (`buckets.bucket_length`);
   3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (a prefix
      common to all of them once in all: `engine.shared_prefix`);
@@ -29,6 +30,11 @@ from rlvr_jax.sampling.progress import ProgressBar
 # Decode steps per segment at most: long enough to amortise the host round trip (a device sync and
 # a few small programs), short enough that the window tracks the longest live row closely.
 SEGMENT_STEPS = 32
+# Compaction stops at this many slots per batch shard. Below it a decode step costs about the same
+# (it reads every weight once whatever the rows), while each smaller slot count is one more set of
+# compiled programs held for the rest of the run (25-40 MiB each on a CPU; the demo compiled 2- and
+# 1-slot programs late in training, +0.25 GiB at its peak).
+MIN_SLOTS_PER_SHARD = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +55,15 @@ class Stats:
     """Schedule counters of one `run` (for benchmarks).
 
     Attributes:
-      segments, refills: device programs of each kind run. decode_steps: decode steps run (all slots).
+      segments, refills, compactions: device programs of each kind run (a compaction moves the live
+      rows into a quarter as many slots). decode_steps: decode steps run (all slots).
       slot_steps: decode steps x slots computed. tokens: tokens of the finished samples, `samples` of
         them (each sample's first token comes from the prefill, the others from decode steps).
     """
 
     segments: int = 0
     refills: int = 0
+    compactions: int = 0
     decode_steps: int = 0
     slot_steps: int = 0
     tokens: int = 0
@@ -93,7 +101,9 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
     with ProgressBar(n_rows, enabled=progress) as bar:
         while True:
             take = [pending.popleft() for _ in range(min(len(pending), int(np.sum(slot_row < 0))))]
+            slots = len(slot_row)
             state, slot_row, fill = _shape(state, cfg, prompts, plan, slot_row, fill, take, pending, sharder)
+            stats.compactions += len(slot_row) < slots
             if take:
                 state, slot_row, fill = _refill(params, cfg, state, prompts, plan, sample, slot_row, fill, take,
                                                 sharder)
@@ -133,9 +143,14 @@ def _refill_at(plan: Plan, slot_row, pending) -> int:
 
 
 def _compact_below(s: int, multiple: int) -> int:
-    """Live rows at or below which `s` slots are compacted (to a quarter or fewer); 0 = never."""
+    """Live rows at or below which `s` slots are compacted into `s // 4` slots; 0 = never.
+
+    Always a quarter, never fewer: one slot count per level (e.g. 64 -> 16 -> 4), so an evaluation
+    and the training rollouts share their tail programs, and a run compiles no new ones as its
+    responses shorten.
+    """
     quarter = s // 4
-    return quarter if quarter >= 1 and buckets.bucket_count(quarter, multiple=multiple) * 4 <= s else 0
+    return quarter if 4 * quarter == s and quarter >= MIN_SLOTS_PER_SHARD * multiple and quarter % multiple == 0 else 0
 
 
 def _harvest(state, slot_row, finished, out) -> int:
@@ -155,7 +170,7 @@ def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, shard
     s = len(slot_row)
     live = np.nonzero(slot_row >= 0)[0]
     if not pending and 0 < len(live) + len(take) <= _compact_below(s, plan.multiple):
-        s = buckets.bucket_count(len(live) + len(take), multiple=plan.multiple)
+        s //= 4
     plen = lambda r: len(prompts[r // plan.n])
     reach = [min(fill[i] + plan.steps, plen(slot_row[i]) + plan.max_new_tokens - 1) for i in live]
     reach += [buckets.bucket_length(max(plen(r) for r in take), minimum=plan.min_prompt_bucket)] if take else []
