@@ -190,6 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.limit = 0  # Evaluate only the first k problems of each benchmark (0 = all).
     c.eval.greedy = True  # Greedy validation (the paper's MATH500 protocol); False uses the benchmark's own.
     c.eval.batch_size = 64  # Problems per generation call.
+    # Drop the sampler's compiled programs after each validation (their host memory; the next rollout
+    # and validation compile theirs again): for small-memory CPU runs, see docs/running.md.
+    c.eval.release_programs = False
     c.eval.n = 0  # Responses per problem of sampled benchmarks: avg@n for any n (0 = the benchmark's own).
     c.eval.temperature = 0.0  # Temperature of sampled benchmarks (0 = the benchmark's own, 0.6).
     c.eval.top_p = 0.0  # Top-p of sampled benchmarks (0 = the benchmark's own, 1.0).

@@ -65,4 +65,5 @@ def get_config(arg=None):
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
     c.eval.batch_size = 50  # Problems per `generate` call (the progress bar moves per call).
+    c.eval.release_programs = True  # The evaluation's 64-slot programs are not kept through training.
     return common.apply_recipe_variant(c, arg)

@@ -135,6 +135,19 @@ def test_train_runs_from_python_and_build_exposes_the_pieces(tmp_path):
         run.close()
 
 
+def test_release_programs_after_validation(tmp_path):
+    """`eval.release_programs`: after each validation the sampler holds no compiled program."""
+    from rlvr_jax.sampling import engine
+
+    kw = {"trainer.total_steps": 1, "trainer.eval_every": 1, "trainer.save_every": 0,
+          "eval.benchmarks": ("synthetic:add2d:4",), "eval.max_new_tokens": 4}
+    experiment.train(_tiny(**kw, **{"eval.release_programs": False}), tmp_path / "keep")
+    assert engine.segment._cache_size() > 0  # the validation at step 1 compiled and kept its programs
+    out = experiment.train(_tiny(**kw, **{"eval.release_programs": True}), tmp_path / "release")
+    assert [h["step"] for h in out["history"] if "eval/add2d_4/accuracy" in h] == [0, 1]
+    assert engine.segment._cache_size() == engine.prefill._cache_size() == 0
+
+
 def test_qwen15b_recipe_is_the_papers_and_needs_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("RLVR_JAX_QWEN15B", raising=False)
     c = qwen15b_1shot.get_config()

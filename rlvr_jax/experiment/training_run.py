@@ -32,7 +32,7 @@ from rlvr_jax.host_memory import release_after_compiles
 from rlvr_jax.models import ModelConfig, param_logical_axes
 from rlvr_jax.rewards import RewardPool
 from rlvr_jax.rewards.registry import build_reward
-from rlvr_jax.sampling import generate
+from rlvr_jax.sampling import generate, release_programs
 from rlvr_jax.training import critic as critic_lib
 from rlvr_jax.training.checkpoint import Checkpointer, write_gb_for
 from rlvr_jax.training.loggers import RunInfo
@@ -117,11 +117,21 @@ class Run:
         heldout = self.workdir / ("heldout" if pi == 0 else f"heldout_process{pi}")
         benchmarks = resolve_benchmarks(config.eval.benchmarks, heldout, exclude=training_examples(config))
         # Validation scores as config.eval.require_box says (True: like the training reward) and logs it.
-        return make_validation_fn(self.tokenizer, benchmarks, data_dir=config.eval.data_dir,
-                                  scorer=functools.partial(pool.score, require_box=config.eval.require_box),
-                                  settings=self.settings.eval, cfg=self.model_cfg, sharder=self.sharder,
-                                  out_dir=self.workdir / "eval_samples" if pi == 0 else None,
-                                  require_box=config.eval.require_box)
+        validate_fn = make_validation_fn(
+            self.tokenizer, benchmarks, data_dir=config.eval.data_dir,
+            scorer=functools.partial(pool.score, require_box=config.eval.require_box), settings=self.settings.eval,
+            cfg=self.model_cfg, sharder=self.sharder, out_dir=self.workdir / "eval_samples" if pi == 0 else None,
+            require_box=config.eval.require_box)
+        if not config.eval.release_programs:
+            return validate_fn
+
+        def validate_and_release(params, step: int) -> dict[str, float]:
+            try:
+                return validate_fn(params, step)
+            finally:
+                release_programs()  # the sampler's programs, the rollout's included (docs/running.md)
+
+        return validate_and_release
 
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the writers."""

@@ -243,6 +243,17 @@ def _record(st, tok_s, lp_s, stop_ids, t, sharder):
     return _slot_constrain(sharder, out)
 
 
+def release_programs() -> None:
+    """Drops every compiled engine program (all shapes, every caller's); the next call compiles again.
+
+    Each program is held for the life of the process, and on a CPU a decode segment holds 25-40 MiB
+    of host memory (its layers are unrolled). An evaluation's shapes (a batch of benchmark prompts) are
+    not the training rollout's, so after one a trainer may hand them back (`eval.release_programs`).
+    """
+    for program in (init_state, unstack_params, reshape, prefill, insert, segment):
+        program.clear_cache()
+
+
 def uniforms(seed, row_b, count_b):
     """One uniform in `(0, 1]` per sample for its token number `count_b` (slot- and schedule-free)."""
     base = jax.random.key(seed)
