@@ -40,8 +40,9 @@ setup(
     extras_require={
         # torch 2.13.0 CPU is the reference implementation in tests (pinned: the machine holds it).
         # matplotlib: the demo's end-to-end test saves its curves PNG; wandb: the logger's offline tests.
+        # pytest-xdist: CI runs the suite on two workers (compiles are single-threaded; docs/testing.md).
         # accelerate: transformers needs it to load a GGUF itself (the reference reader of the SmolLM2 file).
-        "test": ["pytest>=8", "torch==2.13.0", "matplotlib>=3.7", "wandb>=0.17", "accelerate>=1.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "torch==2.13.0", "matplotlib>=3.7", "wandb>=0.17", "accelerate>=1.0"],
         "wandb": ["wandb>=0.17"],  # trainer.loggers = (..., "wandb")
         "demo": ["matplotlib>=3.7"],
         "cuda": ["jax[cuda12]"],
