@@ -32,8 +32,8 @@ from rlvr_jax.sampling.progress import ProgressBar
 SEGMENT_STEPS = 32
 # Compaction stops at this many slots per batch shard. Below it a decode step costs about the same
 # (it reads every weight once whatever the rows), while each smaller slot count is one more set of
-# compiled programs held for the rest of the run (25-40 MiB each on a CPU; the demo compiled 2- and
-# 1-slot programs late in training, +0.25 GiB at its peak).
+# compiled programs held for the rest of the run (25-40 MiB each on a CPU, where the demo had compiled
+# 2- and 1-slot programs late in training).
 MIN_SLOTS_PER_SHARD = 4
 
 
