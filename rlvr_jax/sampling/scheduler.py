@@ -103,7 +103,7 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
             take = [pending.popleft() for _ in range(min(len(pending), int(np.sum(slot_row < 0))))]
             slots = len(slot_row)
             state, slot_row, fill = _shape(state, cfg, prompts, plan, slot_row, fill, take, pending, sharder)
-            stats.compactions += len(slot_row) < slots
+            stats.compactions += int(len(slot_row) < slots)
             if take:
                 state, slot_row, fill = _refill(params, cfg, state, prompts, plan, sample, slot_row, fill, take,
                                                 sharder)
@@ -150,7 +150,8 @@ def _compact_below(s: int, multiple: int) -> int:
     responses shorten.
     """
     quarter = s // 4
-    return quarter if 4 * quarter == s and quarter >= MIN_SLOTS_PER_SHARD * multiple and quarter % multiple == 0 else 0
+    even = 4 * quarter == s and quarter % multiple == 0  # every shard keeps the same number of slots
+    return quarter if even and quarter >= MIN_SLOTS_PER_SHARD * multiple else 0
 
 
 def _harvest(state, slot_row, finished, out) -> int:
