@@ -6,7 +6,7 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
      and at most a quarter of the slots are live, the live ones are compacted into a quarter as
      many slots (the long tail of RL lengths then runs on a smaller program), never below
      `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the
-     bucketed length the live rows can reach within one segment (`buckets.bucket_length`);
+     bucketed length the live rows can reach within two segments (`buckets.bucket_length`);
   3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (a prefix
      common to all of them once in all: `engine.shared_prefix`);
   4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
@@ -173,9 +173,13 @@ def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, shard
     if not pending and 0 < len(live) + len(take) <= _compact_below(s, plan.multiple):
         s //= 4
     plen = lambda r: len(prompts[r // plan.n])
-    reach = [min(fill[i] + plan.steps, plen(slot_row[i]) + plan.max_new_tokens - 1) for i in live]
+    # Two segments ahead, not one: the window changes shape half as often (each window is a segment and
+    # a reshape program more), for attention over at most one segment's worth of slots that are empty.
+    # A short generation (the CPU demo's 64 tokens) then runs in one window from its first step.
+    horizon = 2 * plan.steps
+    reach = [min(fill[i] + horizon, plen(slot_row[i]) + plan.max_new_tokens - 1) for i in live]
     reach += [buckets.bucket_length(max(plen(r) for r in take), minimum=plan.min_prompt_bucket)] if take else []
-    reach += [min(plen(r) + plan.steps, plen(r) + plan.max_new_tokens - 1) for r in take]
+    reach += [min(plen(r) + horizon, plen(r) + plan.max_new_tokens - 1) for r in take]
     window = buckets.bucket_length(max(reach, default=1), minimum=plan.min_prompt_bucket)
     if state is not None and window <= (current := state["cache"][0]["k"].shape[2]) < 2 * window:
         window = current  # shrink only by half or more: fewer copies and programs for a few % of reads
