@@ -18,6 +18,7 @@ import argparse
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval_s", type=float, default=0.2, help="process-tree RSS sampling period")
     parser.add_argument("--timeline", action="store_true", help="print the tree RSS beside each output line")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's workdir (its checkpoints are ~1.4 GB); removed by default")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     workdir = tempfile.mkdtemp(prefix="demo_memory_")
@@ -95,7 +98,10 @@ def main() -> None:
     print(f"peak RSS, largest process: {single / 2**30:.2f} GiB ({single / 1e9:.2f} GB)")
     print(f"peak RSS, process tree (sampled every {args.interval_s}s): {sampler.peak / 2**30:.2f} GiB "
           f"({sampler.peak / 1e9:.2f} GB)")
-    print(f"workdir: {workdir}")
+    if args.keep:
+        print(f"workdir: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(code)
 
 

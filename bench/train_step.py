@@ -34,7 +34,9 @@ padded/real ratio is the ideal packed speed-up without shared prompts.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -245,6 +247,7 @@ def main():
         import torch
 
         hf_dir = tempfile.mkdtemp(prefix="bench_train_step_")
+        atexit.register(shutil.rmtree, hf_dir, ignore_errors=True)  # the model's safetensors, for torch
         models.save_hf(hf_dir, cfg, params)
         runners["torch"], losses["torch"] = torch_update(hf_dir, batch, args)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 (its defaults)")
