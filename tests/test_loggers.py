@@ -167,3 +167,29 @@ def test_summary_tables_have_one_column_per_value():
             {"step": 1, "reward/mean": 0.5, "response/length_mean": 20.0, "eval/add2d/accuracy": 0.3}]
     table = summary_text(rows).split("\n\n")[1]  # after the held-out before/after table
     assert widths(table) == {5} and "| 1 | 0.500 | 20 | 30.0% |" in table
+
+
+def test_tensorboard_logger_writes_scalars_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when it can; the logger keeps it out (memory), and torch stays importable."""
+    script = f"""
+import importlib.util, pathlib, struct, sys
+from rlvr_jax.training.loggers import RunInfo, make_loggers
+(tb,) = make_loggers(["tensorboard"], pathlib.Path({str(tmp_path)!r}), RunInfo())
+tb.log(3, {{"train/reward": 0.25, "note": "text is skipped"}})
+tb.close()
+assert "torch" not in sys.modules, "tensorboardX brought torch in"
+if importlib.util.find_spec("torch") is not None:
+    import torch  # the import was blocked for tensorboardX only
+from tensorboardX.proto import event_pb2
+(path,) = pathlib.Path({str(tmp_path)!r}, "tensorboard").glob("events.out.tfevents.*")
+data, pos, found = path.read_bytes(), 0, []
+while pos < len(data):  # TFRecord: length (8), its crc (4), payload, payload crc (4)
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+    found += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    pos += 16 + n
+print(found)
+assert found == [(3, "train/reward", 0.25)], found
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

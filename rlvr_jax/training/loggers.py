@@ -11,6 +11,7 @@ import dataclasses
 import json
 import pathlib
 import secrets
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 DEFAULT_LOGGERS = ("jsonl", "tensorboard")
@@ -57,14 +58,31 @@ class JsonlLogger:
         self._samples.close()
 
 
+def _summary_writer_class():
+    """tensorboardX's `SummaryWriter`, imported without torch unless the process already has it.
+
+    tensorboardX imports torch whenever it is installed (only to accept torch tensors as values); in the
+    trainer that added ~180 MB of resident memory and ~2 s of start-up for nothing (it logs floats).
+    A `None` entry in `sys.modules` makes that optional import fail, for the duration of this import only.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardLogger:
     """Scalar metrics as TensorBoard events under `<workdir>/tensorboard` (samples are not written)."""
 
     def __init__(self, workdir: pathlib.Path, run: RunInfo):
         del run
-        from tensorboardX import SummaryWriter
-
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._tb = _summary_writer_class()(str(workdir / "tensorboard"))
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         for key, value in _scalars(row).items():
