@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "ml-dtypes>=0.4",  # bfloat16 numpy dtype for safetensors I/O
     "absl-py>=2.0",
     "tqdm>=4.60",
+    "filelock>=3.0",  # JAX's compilation cache locks its directory when it has a size cap (config.jax_cache_dir)
     "pyarrow>=14",  # verl parquet datasets
     "gguf>=0.10",  # GGUF import (dequantisation in numpy)
     "math-verify>=0.7",  # LaTeX -> sympy parsing for the reward verifier

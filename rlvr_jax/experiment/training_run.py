@@ -24,6 +24,7 @@ from rlvr_jax import sharding as shd
 from rlvr_jax.algorithms import VALUE_BASED_ESTIMATORS
 from rlvr_jax.data.batching import PromptIterator
 from rlvr_jax.evaluation.runner import make_validation_fn
+from rlvr_jax.experiment import compilation_cache
 from rlvr_jax.experiment import model as model_lib
 from rlvr_jax.experiment.datasets import resolve_benchmarks, training_examples
 from rlvr_jax.experiment.settings import Settings, rollout_settings, settings_from_config
@@ -150,6 +151,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
       The `Run`; `Run.loop(pool)` gives the loop to run from `Run.start_step`.
     """
     validate(config)
+    compilation_cache.configure(config.get("jax_cache_dir", ""))  # before the run's first compile
     release_after_compiles()  # a compile inside a step must not add its compiler memory to the step's peak
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0

@@ -1,0 +1,81 @@
+"""`config.jax_cache_dir`: a second run loads its programs from disk; JAX's own setting wins."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rlvr_jax.experiment import compilation_cache  # noqa: E402
+
+# Runs one training step of the tiny config in a fresh process (JAX's cache settings are per process)
+# and prints how many programs JAX compiled or loaded, and how many of them came from the persistent cache.
+_RUN = """
+import json, sys
+import jax
+from jax import monitoring
+from configs import tiny
+from rlvr_jax import experiment
+counts = {"hits": 0, "compiles": 0}
+def on_event(name, **kwargs):
+    if name == "/jax/compilation_cache/cache_hits":
+        counts["hits"] += 1
+def on_duration(name, seconds, **kwargs):
+    if name == "/jax/core/compile/backend_compile_duration":
+        counts["compiles"] += 1
+monitoring.register_event_listener(on_event)
+monitoring.register_event_duration_secs_listener(on_duration)
+c = tiny.get_config()
+c.jax_cache_dir = sys.argv[1]
+c.trainer.total_steps, c.trainer.save_every, c.trainer.progress = 1, 0, False
+experiment.train(c, sys.argv[2])
+counts["dir"] = jax.config.jax_compilation_cache_dir
+print("COUNTS", json.dumps(counts))
+"""
+
+
+def _run(cache_value: str, workdir: pathlib.Path, **env_extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    # Tiny-model programs compile in well under JAX's 1 s threshold: cache them all.
+    env.update(PYTHONPATH=str(REPO), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_extra)
+    proc = subprocess.run([sys.executable, "-c", _RUN, cache_value, str(workdir)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("COUNTS "))
+    return json.loads(line[len("COUNTS "):])
+
+
+def test_second_run_loads_its_programs_from_the_cache(tmp_path):
+    cache = tmp_path / "xla"
+    first = _run(str(cache), tmp_path / "run1")
+    assert first["dir"] == str(cache) and first["hits"] == 0 and first["compiles"] > 0
+    written = list(cache.iterdir())
+    assert written, "nothing was written to the cache"
+    second = _run(str(cache), tmp_path / "run2")
+    # Every program of the first run is found again (JAX's compile event fires for loads too).
+    assert second["hits"] == first["compiles"] == second["compiles"], (first, second)
+
+
+def test_auto_lives_under_the_cache_root_and_the_environment_wins(tmp_path):
+    root = tmp_path / "root"
+    out = _run("auto", tmp_path / "run1", RLVR_JAX_CACHE=str(root))
+    assert out["dir"] == str(root / "xla") and list((root / "xla").iterdir())
+    # A directory chosen through JAX's own variable is kept, whatever the config says.
+    mine = tmp_path / "mine"
+    out = _run("auto", tmp_path / "run2", RLVR_JAX_CACHE=str(root), JAX_COMPILATION_CACHE_DIR=str(mine))
+    assert out["dir"] == str(mine) and list(mine.iterdir())
+
+
+def test_resolve_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_JAX_CACHE", str(tmp_path))
+    assert compilation_cache.resolve("") is None
+    assert compilation_cache.resolve("auto") == tmp_path / "xla"
+    assert compilation_cache.resolve("~/x") == pathlib.Path.home() / "x"
+    with pytest.raises(ValueError, match="jax_cache_dir"):
+        compilation_cache.resolve(None)
+
