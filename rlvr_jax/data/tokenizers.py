@@ -8,7 +8,9 @@ stop tokens as Qwen work.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import sys
 
 BYTE_TOKENIZER = "builtin:bytes"
 _CHATML = (
@@ -18,9 +20,31 @@ _CHATML = (
 _SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
+def _transformers():
+    """The `transformers` module, imported without its "PyTorch was not found" notice.
+
+    Only its tokenizers and chat templates are used here, which need no torch; the notice would be
+    the first line a newcomer's demo run prints. It is an "advisory" warning, which
+    `TRANSFORMERS_NO_ADVISORY_WARNINGS` silences: set for this import only.
+    """
+    if "transformers" in sys.modules:
+        return sys.modules["transformers"]
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        import transformers
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+    return transformers
+
+
 def byte_tokenizer():
     """A `PreTrainedTokenizerFast` over raw bytes (ids 0-255) plus ChatML specials (256-258)."""
-    import transformers
+    transformers = _transformers()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     # ByteLevel maps bytes to printable unicode stand-ins; a BPE with no merges is then one token per byte.
@@ -44,7 +68,7 @@ def load_tokenizer(path: str | pathlib.Path):
     """Loads an HF tokenizer directory, or the byte tokenizer for `"builtin:bytes"`."""
     if str(path) == BYTE_TOKENIZER:
         return byte_tokenizer()
-    import transformers
+    transformers = _transformers()
 
     path = pathlib.Path(path)
     if not path.is_dir():
