@@ -61,14 +61,36 @@ def test_second_run_loads_its_programs_from_the_cache(tmp_path):
     assert second["hits"] == first["compiles"] == second["compiles"], (first, second)
 
 
-def test_auto_lives_under_the_cache_root_and_the_environment_wins(tmp_path):
+_CONFIGURE = """
+import json, sys
+import jax
+from rlvr_jax.experiment import compilation_cache
+path = compilation_cache.configure(sys.argv[1])
+print("OUT", json.dumps([str(path), jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size]))
+"""
+
+
+def _configure(value: str, **env_extra) -> list:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(PYTHONPATH=str(REPO), **env_extra)
+    proc = subprocess.run([sys.executable, "-c", _CONFIGURE, value], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("OUT "))[4:])
+
+
+def test_auto_lives_under_the_cache_root_capped_and_the_environment_wins(tmp_path):
     root = tmp_path / "root"
-    out = _run("auto", tmp_path / "run1", RLVR_JAX_CACHE=str(root))
-    assert out["dir"] == str(root / "xla") and list((root / "xla").iterdir())
+    xla = str(root / "xla")
+    assert _configure("auto", RLVR_JAX_CACHE=str(root)) == [xla, xla, compilation_cache.AUTO_MAX_BYTES]
+    assert (root / "xla").is_dir()
+    # A directory the config names keeps JAX's own size limit (unlimited by default).
+    assert _configure(str(tmp_path / "named")) == [str(tmp_path / "named")] * 2 + [-1]
     # A directory chosen through JAX's own variable is kept, whatever the config says.
-    mine = tmp_path / "mine"
-    out = _run("auto", tmp_path / "run2", RLVR_JAX_CACHE=str(root), JAX_COMPILATION_CACHE_DIR=str(mine))
-    assert out["dir"] == str(mine) and list(mine.iterdir())
+    mine = str(tmp_path / "mine")
+    assert _configure("auto", RLVR_JAX_CACHE=str(root), JAX_COMPILATION_CACHE_DIR=mine) == [mine, mine, -1]
+    assert _configure("", JAX_COMPILATION_CACHE_DIR=mine)[:2] == [mine, mine]
+    assert _configure("") == ["None", None, -1]
 
 
 def test_resolve_values(tmp_path, monkeypatch):
