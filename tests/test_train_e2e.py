@@ -135,17 +135,23 @@ def test_train_runs_from_python_and_build_exposes_the_pieces(tmp_path):
         run.close()
 
 
-def test_release_programs_after_validation(tmp_path):
-    """`eval.release_programs`: after each validation the sampler holds no compiled program."""
-    from rlvr_jax.sampling import engine
+def test_release_programs_after_validation(tmp_path, monkeypatch):
+    """`eval.release_programs`: the trainer drops the sampler's programs after each validation.
 
+    What `release_programs` does (every engine program compiled again afterwards, same samples) is
+    tested in test_continuous_batching.py; here, that the trainer calls it when, and only when, asked.
+    """
+    from rlvr_jax.experiment import training_run
+
+    calls, real = [], training_run.release_programs
+    monkeypatch.setattr(training_run, "release_programs", lambda: (calls.append("release"), real()))
     kw = {"trainer.total_steps": 1, "trainer.eval_every": 1, "trainer.save_every": 0,
           "eval.benchmarks": ("synthetic:add2d:4",), "eval.max_new_tokens": 4}
     experiment.train(_tiny(**kw, **{"eval.release_programs": False}), tmp_path / "keep")
-    assert engine.segment._cache_size() > 0  # the validation at step 1 compiled and kept its programs
+    assert calls == []
     out = experiment.train(_tiny(**kw, **{"eval.release_programs": True}), tmp_path / "release")
     assert [h["step"] for h in out["history"] if "eval/add2d_4/accuracy" in h] == [0, 1]
-    assert engine.segment._cache_size() == engine.prefill._cache_size() == 0
+    assert calls == ["release", "release"]  # after the step-0 and the step-1 validation
 
 
 def test_qwen15b_recipe_is_the_papers_and_needs_weights(tmp_path, monkeypatch):
