@@ -18,36 +18,34 @@ from rlvr_jax.experiment import compilation_cache  # noqa: E402
 _RUN = """
 import json, sys
 import jax
-from jax import monitoring
 from configs import tiny
 from rlvr_jax import experiment
-counts = {"hits": 0, "compiles": 0}
-def on_event(name, **kwargs):
-    if name == "/jax/compilation_cache/cache_hits":
-        counts["hits"] += 1
-def on_duration(name, seconds, **kwargs):
-    if name == "/jax/core/compile/backend_compile_duration":
-        counts["compiles"] += 1
-monitoring.register_event_listener(on_event)
-monitoring.register_event_duration_secs_listener(on_duration)
+from rlvr_jax.compile_counter import CompileCounter
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
 c = tiny.get_config()
 c.jax_cache_dir = sys.argv[1]
 c.trainer.total_steps, c.trainer.save_every, c.trainer.progress = 1, 0, False
-experiment.train(c, sys.argv[2])
-counts["dir"] = jax.config.jax_compilation_cache_dir
-print("COUNTS", json.dumps(counts))
+with CompileCounter() as compiles:
+    experiment.train(c, sys.argv[2])
+print("OUT", json.dumps({"hits": len(hits), "compiles": compiles.count, "dir": jax.config.jax_compilation_cache_dir}))
 """
 
 
-def _run(cache_value: str, workdir: pathlib.Path, **env_extra) -> dict:
+def _python(script: str, *args: str, **env_extra) -> object:
+    """Runs `script` in a fresh process without the session's cache variable; its `OUT <json>` line."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    # Tiny-model programs compile in well under JAX's 1 s threshold: cache them all.
-    env.update(PYTHONPATH=str(REPO), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_extra)
-    proc = subprocess.run([sys.executable, "-c", _RUN, cache_value, str(workdir)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env.update(PYTHONPATH=str(REPO), **env_extra)
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("COUNTS "))
-    return json.loads(line[len("COUNTS "):])
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("OUT "))[len("OUT "):])
+
+
+def _run(cache_value: str, workdir: pathlib.Path) -> dict:
+    # Tiny-model programs compile in well under JAX's 1 s threshold: cache them all.
+    return _python(_RUN, cache_value, str(workdir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def test_second_run_loads_its_programs_from_the_cache(tmp_path):
@@ -57,7 +55,7 @@ def test_second_run_loads_its_programs_from_the_cache(tmp_path):
     written = list(cache.iterdir())
     assert written, "nothing was written to the cache"
     second = _run(str(cache), tmp_path / "run2")
-    # Every program of the first run is found again (JAX's compile event fires for loads too).
+    # Every program of the first run is found again (CompileCounter counts loads too: jit's cache missed).
     assert second["hits"] == first["compiles"] == second["compiles"], (first, second)
 
 
@@ -71,12 +69,7 @@ print("OUT", json.dumps([str(path), jax.config.jax_compilation_cache_dir, jax.co
 
 
 def _configure(value: str, **env_extra) -> list:
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(PYTHONPATH=str(REPO), **env_extra)
-    proc = subprocess.run([sys.executable, "-c", _CONFIGURE, value], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("OUT "))[4:])
+    return _python(_CONFIGURE, value, **env_extra)
 
 
 def test_auto_lives_under_the_cache_root_capped_and_the_environment_wins(tmp_path):
