@@ -8,6 +8,7 @@ between the two, median reported, load average before and after.
 
     python bench/matmul.py                 # rows 16, 64, 256, 1024; SmolLM2's projection shapes
     python bench/matmul.py --rows 16 64 --reps 20
+    python bench/matmul.py --threads 1     # one core each: XLA without its thread pool, torch.set_num_threads(1)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import statistics
 import time
 
-import jax
 import numpy as np
 
 # SmolLM2-135M: hidden 576, MLP 1536, q/o 576x576, k/v 576x192 (3 KV heads of 64), tied head 576x49152.
@@ -39,8 +39,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--reps", type=int, default=10, help="timed calls per side per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (XLA, torch, XLA, ...)")
+    parser.add_argument("--threads", type=int, default=0, choices=(0, 1), help="0: both at their defaults; 1: one core")
     args = parser.parse_args()
+    if args.threads == 1:  # read when JAX starts its CPU backend: before the import below
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+    import jax
     import torch
+
+    if args.threads == 1:
+        torch.set_num_threads(1)
 
     print(f"load average before: {os.getloadavg()[0]:.2f}; jax {jax.__version__} on {jax.devices()[0].device_kind}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
