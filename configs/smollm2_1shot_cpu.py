@@ -59,14 +59,14 @@ def get_config(arg=None):
     c.trainer.total_steps = 16
     c.trainer.save_every = 0  # Only the final checkpoint.
     c.trainer.checkpoint_write_gb = 0.25  # Written 0.25 GB at a time: the save adds ~0.25 GB, not ~1.2.
-    # Held-out accuracy before training and after the last step (each evaluation is 200 generations, ~1.5
-    # minutes here); a mid-run one would also keep its decode programs resident through the later steps.
+    # Held-out accuracy before training and after the last step (each evaluation is 200 generations, about
+    # a minute here); a mid-run one would also keep its decode programs resident through the later steps.
     c.trainer.eval_every = 16
     c.trainer.log_samples = 4
     c.trainer.plot = True  # curves.png in the workdir.
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).
     c.eval.max_new_tokens = 64  # Same budget as training rollouts.
     c.eval.template = "chat_template"
-    c.eval.batch_size = 50  # Problems per `generate` call (the progress bar moves per call).
+    c.eval.batch_size = 200  # The whole held-out set in one `generate` call: its 64 slots stay busy.
     c.eval.release_programs = True  # The evaluation's 64-slot programs are not kept through training.
     return common.apply_recipe_variant(c, arg)

@@ -75,6 +75,20 @@ def test_continuous_equals_static_reference(model, prompts):
             assert stats.refills > len(ref_tokens) // 2  # slots really were reused
 
 
+def test_progress_callback_is_told_each_finished_row_once(model, prompts):
+    """`progress=callable` (the evaluator's bar) hears of every row once, as slots finish, and changes nothing."""
+    cfg, params = model
+    kw = dict(max_new_tokens=T, temperature=0.8, n=3, seed=5, sub_batch_size=2)
+    quiet = sampling.generate(params, cfg, prompts, progress=False, **kw)
+    stops = sorted({quiet.tokens[0][1], quiet.tokens[4][2]})
+    reported = []
+    got = sampling.generate(params, cfg, prompts, stop_token_ids=stops, progress=reported.append, **kw)
+    want = sampling.generate(params, cfg, prompts, stop_token_ids=stops, progress=False, **kw)
+    assert got.tokens == want.tokens
+    assert sum(reported) == len(prompts) * 3 and all(k > 0 for k in reported)
+    assert len(reported) >= len(prompts) * 3 // 2  # reported per finishing segment, not once at the end
+
+
 def test_sharded_slots_equal_unsharded(model, prompts):
     cfg, params = model
     sharder = shd.Sharder(shd.make_mesh((4, 1, 2)))  # slots over 4 data shards, heads over 2

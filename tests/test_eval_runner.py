@@ -230,6 +230,54 @@ def test_real_sampler_runs_the_sampled_protocol(tokenizer, problems_file):
         (p, s) for p in range(3) for s in range(2)]
 
 
+class RecordingBar:
+    """Stands in for tqdm.tqdm in the runner: records its total and every update."""
+
+    bars = []
+
+    def __init__(self, total, **kwargs):
+        self.total, self.updates = total, []
+        RecordingBar.bars.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k):
+        self.updates.append(k)
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+
+def test_progress_bar_moves_with_the_sampler_and_counts_each_response_once(tokenizer, problems_file,
+                                                                           monkeypatch):
+    """The real sampler moves the evaluator's bar as rows finish; a generate_fn that reports nothing
+    moves it once per call. Either way it ends at problems x n."""
+    import jax
+
+    from rlvr_jax import models
+
+    monkeypatch.setattr(runner.tqdm, "tqdm", RecordingBar)
+    config = _tiny_config([])
+    cfg = models.ModelConfig.from_hf_dict(config.model.arch.to_dict())
+    params = models.init_params(cfg, jax.random.key(0))
+    settings = EvalSettings(max_new_tokens=4, limit=3, batch_size=3, sub_batch_size=2)
+    RecordingBar.bars = []
+    evaluate(params, cfg, tokenizer, [sampled(problems_file, n=2)], data_dir=None, scorer=exact_scorer,
+             settings=settings)
+    (bar,) = RecordingBar.bars
+    assert bar.total == 6 and sum(bar.updates) == 6
+    assert len([k for k in bar.updates if k > 0]) >= 3  # two slots: rows finish over several segments
+    RecordingBar.bars = []
+    evaluate(None, None, tokenizer, [str(problems_file)], data_dir=None, scorer=exact_scorer,
+             settings=EvalSettings(batch_size=4), generate_fn=FakeGenerate(tokenizer, correct=lambda p, n: n))
+    (bar,) = RecordingBar.bars
+    assert bar.total == N_PROBLEMS and bar.updates == [4, 2]
+
+
 def test_launch_settings_and_benchmark_list():
     from rlvr_jax import experiment
 

@@ -66,7 +66,8 @@ class EvalSettings:
       template: Prompt template name (`rlvr_jax.data.prompts`).
       system: System message (None: the template's default).
       limit: Evaluate only the first ``limit`` problems of each benchmark.
-      batch_size: Problems per `generate` call (each expands to n rows).
+      batch_size: Problems per `generate` call (each expands to n rows); bigger keeps more decode
+        slots busy (the tail of each call runs with fewer).
       sub_batch_size: Decode slots of `generate` (KV-cache memory); None = sized by the engine.
       max_prompt_len: Longest prompt in tokens (longer is an error); None = no cap.
       seed: Sampling seed; each batch derives its own from it, the benchmark and the batch start.
@@ -230,10 +231,18 @@ class Evaluator:
     def _run_one(self, params, cfg, task: PreparedBenchmark) -> tuple[dict, list[SampleRecord]]:
         b, size = task.benchmark, self.settings.batch_size
         responses, lengths, truncated, scores, golds_all = [], [], [], [], []
-        with tqdm.tqdm(total=len(task.examples), desc=b.name, unit="problem",
+        # Over responses (problems when n = 1), moved by the sampler as rows finish, so a batch of
+        # hundreds of problems in one `generate` call (more slots busy: faster) still shows progress.
+        with tqdm.tqdm(total=len(task.examples) * b.n, desc=b.name, unit="problem" if b.n == 1 else "response",
                        disable=not self.settings.progress, dynamic_ncols=True) as bar:
             for start in range(0, len(task.examples), size):
-                out = self._generate(params, cfg, b, task.prompt_ids[start:start + size], start)
+                moved = [0]
+
+                def on_rows(k: int, moved=moved) -> None:
+                    moved[0] += k
+                    bar.update(k)
+                out = self._generate(params, cfg, b, task.prompt_ids[start:start + size], start,
+                                     on_rows if self.settings.progress else False)
                 texts = [self._decode(tokens) for tokens in out.tokens]
                 golds = [e.answer for e in task.examples[start:start + size] for _ in range(b.n)]
                 batch_scores = np.asarray(self.scorer(texts, golds), np.float64).reshape(-1)
@@ -245,7 +254,7 @@ class Evaluator:
                 scores.append(batch_scores)
                 lengths += [len(tokens) for tokens in out.tokens]
                 truncated += [reason == "length" for reason in out.finish_reason]
-                bar.update(len(golds) // b.n)
+                bar.update(len(golds) - moved[0])  # what a custom generate_fn did not report
                 bar.set_postfix({b.metric: f"{np.mean(np.concatenate(scores) > 0.5):.3f}"})
         correct = np.concatenate(scores).reshape(len(task.examples), b.n) > 0.5
         extracted = [extract_answer(r) for r in responses]
@@ -259,15 +268,15 @@ class Evaluator:
             metrics[f"grader/{name}"] = avg_at_k(extra_scores.reshape(correct.shape) > 0.5)
         return metrics, _records(b, task.examples, responses, extracted, correct)
 
-    def _generate(self, params, cfg, b: Benchmark, prompt_ids, start: int):
+    def _generate(self, params, cfg, b: Benchmark, prompt_ids, start: int, progress):
         sub = self.settings.sub_batch_size
         return self.generate_fn(
             params, cfg, prompt_ids, max_new_tokens=b.max_new_tokens,
             temperature=b.temperature if not b.greedy else 1.0, top_p=b.top_p, greedy=b.greedy,
             stop_token_ids=self.stop_ids, n=b.n, seed=batch_seed(self.settings.seed, b.name, start),
             sub_batch_size="auto" if sub is None else sub, pad_id=self.pad_id,
-            # One bar over problems here; the sampler's per-token bar would nest inside it.
-            progress=False, sharder=self.sharder)
+            # The sampler draws no bar of its own: it moves this evaluator's.
+            progress=progress, sharder=self.sharder)
 
     def _decode(self, tokens: Sequence[int]) -> str:
         # Drop the stop token but keep other specials: the verifier cuts a response at a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -16,10 +16,11 @@ from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.sampling import buckets, engine, scheduler
 from rlvr_jax.sampling.controls import Controls
 
-# Decode slots when the device reports no memory limit (CPU): there a decode step is compute-bound
-# from a few dozen rows on, so more slots add no throughput but keep finished rows' slots idle longer
-# in the tail.
-CPU_SLOTS_PER_DEVICE = 32
+# Decode slots when the device reports no memory limit (CPU). A CPU decode step reads every weight once
+# for all its rows, so throughput grows with rows until the matmuls turn compute-bound: SmolLM2-135M
+# evaluated 200 problems x 64 tokens in 72-83 s with 64 slots, 117-125 s with 32, 119 s with 128
+# (BENCHMARKS.md). The KV cache of 64 SmolLM2 slots x 192 positions is 0.57 GB in float32.
+CPU_SLOTS_PER_DEVICE = 64
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ def generate(
     sharder: shd.Sharder | None = None,
     sub_batch_size: int | str | None = "auto",
     pad_id: int = 0,
-    progress: bool = True,
+    progress: bool | Callable[[int], None] = True,
     cache_dtype: str | None = None,
     min_prompt_bucket: int = 16,
     stats: scheduler.Stats | None = None,
@@ -93,7 +94,8 @@ def generate(
         slot per sample. "auto": as many as the KV cache of the free accelerator memory allows
         (`_auto_slots`), `CPU_SLOTS_PER_DEVICE` per batch shard on CPU. Results do not depend on it.
       pad_id: padding id of the padded arrays on the result.
-      progress: show a tqdm bar of samples finished / total with tokens/s.
+      progress: show a tqdm bar of samples finished / total with tokens/s; or a callable, called with the
+        number of samples just finished whenever some finish (for a caller's own bar), drawing nothing.
       cache_dtype: KV cache dtype; default `cfg.dtype` on CPU, bfloat16 on accelerators.
       min_prompt_bucket: smallest prompt-length (and cache window) bucket.
       stats: optional `scheduler.Stats`, filled with schedule counters (benchmarks).

@@ -74,7 +74,7 @@ class Stats:
         return (self.tokens - self.samples) / max(self.slot_steps, 1)
 
 
-def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progress: bool = True,
+def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progress=True,
         stats: Stats | None = None) -> dict:
     """Samples `len(prompts) * plan.n` rows by continuous batching.
 
@@ -83,7 +83,7 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
       prompts: token-id lists (non-empty).
       plan: shapes and sizes. sample: `controls`, `seed`, `temperature`, `top_p`, `stop_ids`.
       sharder: mesh + rules; slots are split over the batch axes.
-      progress: show a bar of rows finished / total with tokens/s.
+      progress: show a bar of rows finished / total with tokens/s; or a callable told the rows finished.
       stats: optional counters, filled in.
 
     Returns:
