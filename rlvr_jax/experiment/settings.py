@@ -103,8 +103,8 @@ def rollout_settings(config, tokenizer, *, progress: bool) -> RolloutSettings:
     """`config.rollout` plus the tokenizer's stop and pad ids.
 
     Args:
-      progress: show the rollout progress bar (reported from inside the decode program, so it must
-        be the same on every process: multi-process runs go without it).
+      progress: show the rollout progress bar (drawn by the host between decode segments; every process
+        would draw its own, so multi-process runs go without it).
     """
     r = config.rollout
     stops = stop_token_ids(tokenizer, r.stop, model_dir(config))

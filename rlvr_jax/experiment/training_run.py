@@ -91,8 +91,8 @@ class Run:
                       score=score, reward=self._reward(score))
         outputs = dataclasses.replace(self.outputs, validate=self._validation_fn(pool))
         placement = Placement(sharder, jax.process_index(), jax.process_count())
-        # The rollout progress bar is reported from inside the decode program, so it must be on for
-        # all processes or none (the programs must match); multi-process runs go without it.
+        # Every process would draw its own rollout bar (the host draws it between decode segments), so
+        # multi-process runs go without it; process 0's step lines still report each step.
         rollout = rollout_settings(config, self.tokenizer,
                                    progress=config.trainer.progress and jax.process_count() == 1)
         return RLLoop(model_cfg=cfg, state=self.state, ref_params=self.ref_params, tokenizer=self.tokenizer,
