@@ -12,6 +12,10 @@ measures that ceiling three ways, each as work per second of two concurrent copi
 A ratio near 2.0 means two cores; near 1.0, one core's worth of compute shared by two (SMT siblings,
 or a host that schedules the virtual CPUs on one core).
 
+And what XLA's one default device makes of the cores: `xla-1dev`, the same MLP loop at 16 and 64 rows
+on one device with XLA's default threads, pinned to one core / free to use all (rows x layers per
+second; > 1 means the second core helps).
+
     python bench/core_scaling.py
 """
 
@@ -68,6 +72,35 @@ def xla_devices(copies: int, reps: int = 5) -> float:
     return copies * 16 * 30 / sorted(times)[reps // 2]
 
 
+def one_device(rows: int, reps: int = 7) -> float:
+    """Rows x layers per second of the MLP loop on XLA's default single device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    fn = jax.jit(lambda x, u, d: jax.lax.fori_loop(0, 30, lambda i, h: jnp.tanh(h @ u) @ d + h, x))
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((576, 1536), dtype=np.float32) * 0.02
+    d = rng.standard_normal((1536, 576), dtype=np.float32) * 0.02
+    x = np.ones((rows, 576), np.float32)
+    fn(x, u, d).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(x, u, d).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return rows * 30 / sorted(times)[reps // 2]
+
+
+def _one_device_child(rows: int, pinned: bool) -> float:
+    pin = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " if pinned else ""
+    code = f"{pin}import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import core_scaling; " \
+           f"print(core_scaling.one_device({rows}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _child(kind: str) -> None:
     print(python_loop() if kind == "python" else matmul_loop())
 
@@ -107,6 +140,13 @@ def main() -> None:
             two.append(_processes(kind, 2) if kind != "xla" else _xla_child(2))
         one_m, two_m = sorted(one)[len(one) // 2], sorted(two)[len(two) // 2]
         print(f"{kind:7s} one copy {one_m:12.4g}  two at once {two_m:12.4g} {units[kind]:18s} -> {two_m / one_m:.2f}x")
+    for rows in (16, 64):
+        pinned, free = [], []
+        for _ in range(args.rounds):
+            pinned.append(_one_device_child(rows, True))
+            free.append(_one_device_child(rows, False))
+        p_m, f_m = sorted(pinned)[len(pinned) // 2], sorted(free)[len(free) // 2]
+        print(f"xla-1dev {rows} rows: one core {p_m:10.4g}  all cores {f_m:10.4g} rows x layers/s -> {f_m / p_m:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
