@@ -48,56 +48,35 @@ def matmul_loop() -> float:
     return n * 2 * 512**3 / (time.perf_counter() - t0) / 1e9
 
 
-def xla_devices(copies: int, reps: int = 5) -> float:
-    """Rows x layers per second of `copies` independent single-device programs dispatched together."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    def mlp_loop(x, w_up, w_down):
-        return jax.lax.fori_loop(0, 30, lambda i, h: jnp.tanh(h @ w_up) @ w_down + h, x)
-
-    fn = jax.jit(mlp_loop)
-    rng = np.random.default_rng(0)
-    args = [tuple(jax.device_put(a, d) for a in (np.ones((16, 576), np.float32),
-                                                  rng.standard_normal((576, 1536), dtype=np.float32) * 0.02,
-                                                  rng.standard_normal((1536, 576), dtype=np.float32) * 0.02))
-            for d in jax.devices()[:copies]]
-    jax.block_until_ready([fn(*a) for a in args])  # compile on each device
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready([fn(*a) for a in args])
-        times.append(time.perf_counter() - t0)
-    return copies * 16 * 30 / sorted(times)[reps // 2]
-
-
-def one_device(rows: int, reps: int = 7) -> float:
-    """Rows x layers per second of the MLP loop on XLA's default single device."""
+def mlp_rate(rows: int, copies: int, reps: int = 7) -> float:
+    """Rows x layers per second of `copies` independent copies of an MLP loop, one per XLA device,
+    dispatched together (no collectives); `copies=1` is the default device alone."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     fn = jax.jit(lambda x, u, d: jax.lax.fori_loop(0, 30, lambda i, h: jnp.tanh(h @ u) @ d + h, x))
     rng = np.random.default_rng(0)
-    u = rng.standard_normal((576, 1536), dtype=np.float32) * 0.02
-    d = rng.standard_normal((1536, 576), dtype=np.float32) * 0.02
-    x = np.ones((rows, 576), np.float32)
-    fn(x, u, d).block_until_ready()
+    host = (np.ones((rows, 576), np.float32), rng.standard_normal((576, 1536), dtype=np.float32) * 0.02,
+            rng.standard_normal((1536, 576), dtype=np.float32) * 0.02)
+    args = [tuple(jax.device_put(a, d) for a in host) for d in jax.devices()[:copies]]
+    jax.block_until_ready([fn(*a) for a in args])  # compile on each device
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn(x, u, d).block_until_ready()
+        jax.block_until_ready([fn(*a) for a in args])
         times.append(time.perf_counter() - t0)
-    return rows * 30 / sorted(times)[reps // 2]
+    return copies * rows * 30 / sorted(times)[reps // 2]
 
 
-def _one_device_child(rows: int, pinned: bool) -> float:
-    pin = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " if pinned else ""
-    code = f"{pin}import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import core_scaling; " \
-           f"print(core_scaling.one_device({rows}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+def _xla_child(rows: int, copies: int, *, single_thread_devices: bool = False, pinned: bool = False) -> float:
+    """`mlp_rate` in a fresh process: XLA flags are read once, at the first use of the backend."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if single_thread_devices:
+        env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1")
+    cmd = [sys.executable, __file__, "--xla-child", str(rows), str(copies)] + (["--pin"] if pinned else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,39 +91,34 @@ def _processes(kind: str, copies: int) -> float:
     return sum(float(p.communicate()[0]) for p in procs)
 
 
-def _xla_child(copies: int) -> float:
-    flags = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, __file__, "--xla-child", str(copies)], capture_output=True, text=True,
-                         env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", choices=["python", "matmul"], help=argparse.SUPPRESS)
-    ap.add_argument("--xla-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--xla-child", type=int, nargs=2, metavar=("ROWS", "COPIES"), help=argparse.SUPPRESS)
+    ap.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=3, help="alternated one-copy / two-copy rounds")
     args = ap.parse_args()
     if args.child:
         return _child(args.child)
     if args.xla_child:
-        print(xla_devices(args.xla_child))
+        if args.pin:  # one core, before jax sizes its thread pools
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        print(mlp_rate(*args.xla_child))
         return
     print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
     units = {"python": "loop iterations/s", "matmul": "GFLOP/s", "xla": "rows x layers/s"}
     for kind in ("python", "matmul", "xla"):
         one, two = [], []
         for _ in range(args.rounds):  # alternated, so both see the same machine
-            one.append(_processes(kind, 1) if kind != "xla" else _xla_child(1))
-            two.append(_processes(kind, 2) if kind != "xla" else _xla_child(2))
+            one.append(_processes(kind, 1) if kind != "xla" else _xla_child(16, 1, single_thread_devices=True))
+            two.append(_processes(kind, 2) if kind != "xla" else _xla_child(16, 2, single_thread_devices=True))
         one_m, two_m = sorted(one)[len(one) // 2], sorted(two)[len(two) // 2]
         print(f"{kind:7s} one copy {one_m:12.4g}  two at once {two_m:12.4g} {units[kind]:18s} -> {two_m / one_m:.2f}x")
     for rows in (16, 64):
         pinned, free = [], []
         for _ in range(args.rounds):
-            pinned.append(_one_device_child(rows, True))
-            free.append(_one_device_child(rows, False))
+            pinned.append(_xla_child(rows, 1, pinned=True))
+            free.append(_xla_child(rows, 1))
         p_m, f_m = sorted(pinned)[len(pinned) // 2], sorted(free)[len(free) // 2]
         print(f"xla-1dev {rows} rows: one core {p_m:10.4g}  all cores {f_m:10.4g} rows x layers/s -> {f_m / p_m:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
