@@ -238,7 +238,7 @@ class Evaluator:
             for start in range(0, len(task.examples), size):
                 moved = [0]
 
-                def on_rows(k: int, moved=moved) -> None:
+                def on_rows(k: int) -> None:  # called during this iteration's generate only
                     moved[0] += k
                     bar.update(k)
                 out = self._generate(params, cfg, b, task.prompt_ids[start:start + size], start,
