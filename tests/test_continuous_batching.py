@@ -75,6 +75,26 @@ def test_continuous_equals_static_reference(model, prompts):
             assert stats.refills > len(ref_tokens) // 2  # slots really were reused
 
 
+def test_small_dot_segments_sample_what_the_default_ones_do(model, prompts, monkeypatch):
+    # Few slots per CPU device compile the decode segment without YNNPACK dots (`engine.SMALL_DOT_OPTIONS`):
+    # a faster kernel choice, the same samples.
+    cfg, params = model
+    assert engine.small_dots(engine.SMALL_DOT_MAX_ROWS, "cpu")
+    assert not engine.small_dots(engine.SMALL_DOT_MAX_ROWS + 1, "cpu") and not engine.small_dots(4, "gpu")
+    kw = dict(max_new_tokens=T, temperature=0.8, n=3, seed=5, sub_batch_size=4, progress=False)
+    got = {}
+    for max_rows in (0, 64):
+        monkeypatch.setattr(engine, "SMALL_DOT_MAX_ROWS", max_rows)
+        engine.release_programs()
+        got[max_rows] = sampling.generate(params, cfg, prompts, **kw)
+        ran = (engine._segment._cache_size() > 0, engine._segment_small_dots._cache_size() > 0)
+        assert ran == ((False, True) if max_rows else (True, False)), (max_rows, ran)
+    engine.release_programs()
+    assert got[0].tokens == got[64].tokens
+    for a, b in zip(got[0].logprobs, got[64].logprobs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_progress_callback_is_told_each_finished_row_once(model, prompts):
     """`progress=callable` (the evaluator's bar) hears of every row once, as slots finish, and changes nothing."""
     cfg, params = model
@@ -142,7 +162,7 @@ def test_release_programs_then_generate_the_same(model):
         second = sampling.generate(params, cfg, prompts, **kw)
     assert kept.count == 0, kept.summary()
     # Every engine program was dropped, so each one this call runs is compiled again.
-    assert {"segment", "prefill", "insert", "init_state"} <= {n.removeprefix("jit(").removesuffix(")") for n in again.names}, again.names
+    assert {"decode_segment", "prefill", "insert", "init_state"} <= {n.removeprefix("jit(").removesuffix(")") for n in again.names}, again.names
     assert second.tokens == first.tokens  # same samples
 
 

@@ -45,6 +45,12 @@ _SLOT_T = (L.ACT_BATCH, None)
 # A common prompt prefix is prefilled once when it spans at least this many tokens (and is rounded down to
 # a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation.
 SHARED_PREFIX_MULTIPLE = 16
+# XLA's CPU compiler hands matrix products to YNNPACK by default. At a decode step's few rows per device
+# its threaded kernels run slower than the Eigen dot it replaced: a SmolLM2 layer stack at 16 rows ran
+# 1.6-1.9x faster with YNNPACK off, at 8 rows 1.4x, level at 32, 0.65x at 64 (one process, alternated;
+# BENCHMARKS.md). So decode segments of at most this many slots per CPU device compile without it.
+SMALL_DOT_MAX_ROWS = 16
+SMALL_DOT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def _slot_constrain(sharder, state: dict) -> dict:
@@ -197,9 +203,8 @@ def insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, seed, temperat
     return _slot_constrain(sharder, out)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "controls", "steps", "sharder"), donate_argnames=("state",))
 def segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, cfg: ModelConfig,
-            controls: Controls, steps: int, sharder=None):
+            controls: Controls, steps: int, sharder=None, small_dots: bool = False):
     """Up to `steps` decode steps over every slot, in one `while_loop`.
 
     Exits early once `free_target` slots are done (so the host can refill them) or when a running
@@ -210,7 +215,21 @@ def segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, 
       dparams: `decode_step.unstack_params(params, cfg)`.
       state: slot state (donated).
       free_target: int32 scalar. Others: see `insert`.
+      small_dots: compile with `SMALL_DOT_OPTIONS` (a CPU program of few rows per device: `small_dots`).
     """
+    program = _segment_small_dots if small_dots else _segment
+    return program(dparams, state, free_target, seed, temperature, top_p, stop_ids, cfg=cfg, controls=controls,
+                   steps=steps, sharder=sharder)
+
+
+def small_dots(slots_per_device: int, platform: str) -> bool:
+    """Whether a decode segment of this many rows per device should compile with `SMALL_DOT_OPTIONS`."""
+    return platform == "cpu" and slots_per_device <= SMALL_DOT_MAX_ROWS
+
+
+def decode_segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, cfg: ModelConfig,
+                   controls: Controls, steps: int, sharder=None):
+    """`segment`'s traced body, jitted twice below (XLA's default dots, and `SMALL_DOT_OPTIONS`)."""
     w = state["cache"][0]["k"].shape[2]
     t = state["out_tok"].shape[1]
 
@@ -227,6 +246,11 @@ def segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, 
 
     _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
     return state
+
+
+_SEGMENT_JIT = dict(static_argnames=("cfg", "controls", "steps", "sharder"), donate_argnames=("state",))
+_segment = jax.jit(decode_segment, **_SEGMENT_JIT)
+_segment_small_dots = jax.jit(decode_segment, compiler_options=SMALL_DOT_OPTIONS, **_SEGMENT_JIT)
 
 
 def _record(st, tok_s, lp_s, stop_ids, t, sharder):
@@ -250,7 +274,7 @@ def release_programs() -> None:
     of host memory (its layers are unrolled). An evaluation's shapes (a batch of benchmark prompts) are
     not the training rollout's, so after one a trainer may hand them back (`eval.release_programs`).
     """
-    for program in (init_state, unstack_params, reshape, prefill, insert, segment):
+    for program in (init_state, unstack_params, reshape, prefill, insert, _segment, _segment_small_dots):
         program.clear_cache()
 
 

@@ -95,6 +95,7 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
                lengths=np.zeros((n_rows,), np.int32), stopped=np.zeros((n_rows,), bool))
     pending = collections.deque(range(n_rows))
     dparams = engine.decode_params(params, cfg)
+    platform = next(iter(jax.tree.leaves(dparams)[0].sharding.device_set)).platform
     slot_row = np.full(plan.slots, -1, np.int64)  # global row held by each slot, -1 = free
     fill = np.zeros(plan.slots, np.int64)
     state = None
@@ -111,7 +112,8 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
             if np.all(slot_row < 0):
                 break
             state = engine.segment(dparams, state, np.int32(_refill_at(plan, slot_row, pending)), *_traced(sample),
-                                   cfg=cfg, controls=sample["controls"], steps=plan.steps, sharder=sharder)
+                                   cfg=cfg, controls=sample["controls"], steps=plan.steps, sharder=sharder,
+                                   small_dots=engine.small_dots(len(slot_row) // plan.multiple, platform))
             snap = to_host({k: state[k] for k in ("done", "fill", "count")})
             stats.segments += 1
             steps_run = int(np.max(snap["fill"] - fill, initial=0))
