@@ -7,7 +7,7 @@ through, e.g. `--config.trainer.total_steps=2`) in a fresh workdir and prints:
   - wall time,
 and, with `--timeline`, the tree's RSS beside each line the trainer prints (which phase holds it).
 
-    python bench/demo_memory.py                                     # the full demo (16 steps)
+    python bench/demo_memory.py                                     # the full demo (8 steps)
     python bench/demo_memory.py --config.trainer.total_steps=2      # a short run, eval included
     python bench/demo_memory.py --timeline -- --config.trainer.total_steps=1
 """

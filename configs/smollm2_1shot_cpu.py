@@ -25,7 +25,7 @@ def get_config(arg=None):
     # for exact float32 anywhere.
     c.model.dtype = "auto"
     c.model.ref_dtype = "auto"
-    # Recompute each layer in the backward pass: without it the update of 16 x 128 tokens keeps several
+    # Recompute each layer in the backward pass: without it an update of 16 x 128 tokens keeps several
     # GB of activations (the run peaked at ~9 GB resident); with it the update holds ~0.8 GB besides the
     # state: float32 gradients (0.5 GB) and ~0.26 GB of activations (bench/demo_memory.py: the whole run).
     c.model.remat = "full"
@@ -36,15 +36,18 @@ def get_config(arg=None):
     c.data.example = "arith:47+38"  # The one training example: "What is 47 + 38?" (answer 85).
     c.data.system_prompt = common.SYSTEM_PROMPT
     c.data.max_prompt_len = 128
-    c.trainer.batch_size = 2  # Two rows of the same example, each its own GRPO group.
-    c.rollout.n = 8  # 16 sampled responses per step.
+    # One GRPO group of 8 responses per step, 8 steps. Two groups per step for 16 steps (the demo until
+    # 2026-12) learned less in twice the time: 3.5% -> 32.0% held-out in ~540 s, against 3.5% -> 49.0% in ~305 s
+    # (BENCHMARKS.md); a step costs about half as much with half the rows.
+    c.trainer.batch_size = 1
+    c.rollout.n = 8  # 8 sampled responses per step.
     c.rollout.temperature = 0.6  # The paper's value; at 1.0 this small model's samples are mostly noise.
     c.rollout.max_new_tokens = 64  # The answer fits in one or two sentences; rambling is truncated.
     c.rollout.sub_batch_size = 0
     # A chat model on a chat template: end at its end-of-turn too (not a paper reproduction).
     c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
-    c.actor.micro_batch_size = 16  # The whole batch in one pass (no gradient-accumulation buffer).
+    c.actor.micro_batch_size = 8  # The whole batch in one pass (no gradient-accumulation buffer).
     c.actor.logprob_chunk = 16  # Response tokens per [16, chunk, 49152] float32 logits block (50 MB).
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.
     # Old log-probs from the update's own forward (fused: one epoch, one mini-batch), so the first ratio
@@ -56,12 +59,12 @@ def get_config(arg=None):
     c.actor.entropy_coeff = 0.001  # The paper's entropy bonus.
     c.reward.require_box = False  # Reward the final answer even without \boxed{} (the verifier's fallback).
     c.reward.num_workers = 1
-    c.trainer.total_steps = 16
+    c.trainer.total_steps = 8
     c.trainer.save_every = 0  # Only the final checkpoint.
     c.trainer.checkpoint_write_gb = 0.25  # Written 0.25 GB at a time: the save adds ~0.25 GB, not ~1.2.
     # Held-out accuracy before training and after the last step (each evaluation is 200 generations, about
     # a minute here); a mid-run one would also keep its decode programs resident through the later steps.
-    c.trainer.eval_every = 16
+    c.trainer.eval_every = 8
     c.trainer.log_samples = 4
     c.trainer.plot = True  # curves.png in the workdir.
     c.eval.benchmarks = ("synthetic:add2d:200",)  # 200 held-out two-digit additions (seeded, no file).

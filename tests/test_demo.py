@@ -1,13 +1,13 @@
 """The SmolLM2 CPU demo config end to end: it needs no argument, it learns, it evaluates and reports.
 
-One run of the demo's own settings (configs/smollm2_1shot_cpu.py), shortened to 6 steps, with a
-4-problem held-out set evaluated before training and at the end, serves the slow tests here: they
-assert different things about the same run, so it is trained once per module.
+One run of the demo's own settings (configs/smollm2_1shot_cpu.py, its 8 steps), with a 4-problem
+held-out set evaluated before training and at the end, serves the slow tests here: they assert
+different things about the same run, so it is trained once per module.
 
-Slow (several real SmolLM2-135M steps: 16 responses of up to 64 tokens each, generated and trained
-on, per step); it runs in CI (`.ci/run`), `-m "not slow"` leaves it out locally. The demo's train
-reward goes from 1-2 correct samples in 16 at steps 1-2 to about 9 at steps 5-6; rollouts are
-deterministic in (seed, step), and evaluation draws from its own seeds, so the run is too.
+Slow (eight real SmolLM2-135M steps: 8 responses of up to 64 tokens each, generated and trained on,
+per step); it runs in CI (`.ci/run`), `-m "not slow"` leaves it out locally. The demo's train reward
+goes from 0-1 correct samples in 8 at steps 1-2 to 5-7 at steps 7-8; rollouts are deterministic in
+(seed, step), and evaluation draws from its own seeds, so the run is too.
 """
 
 import json
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from configs import smollm2_1shot_cpu  # noqa: E402
 
-STEPS = 6
+STEPS = 8
 
 
 def test_demo_config_needs_no_argument():
@@ -52,7 +52,8 @@ def test_demo_raises_train_reward(demo_run):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     rewards = [r["reward/mean"] for r in rows]
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
-    # 16 samples per step: +0.25 is 4 more correct answers per step, far beyond sampling noise.
+    # 8 samples per step: +0.25 is 2 more correct answers per step in each of the last two steps; the
+    # demo gains ~5 (BENCHMARKS.md).
     assert last >= first + 0.25, rewards
     # The logged samples agree: rewarded responses exist and each one states the answer, 85.
     samples = [json.loads(line) for line in (workdir / "samples.jsonl").read_text().splitlines()]
