@@ -46,9 +46,9 @@ _SLOT_T = (L.ACT_BATCH, None)
 # a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation.
 SHARED_PREFIX_MULTIPLE = 16
 # XLA's CPU compiler hands matrix products to YNNPACK by default. At a decode step's few rows per device
-# its threaded kernels run slower than the Eigen dot it replaced: a SmolLM2 layer stack ran 1.45-1.9x
-# faster with YNNPACK off at 16 rows, 1.4-1.5x at 8, 0.9-1.0x at 32, 0.65-1.0x at 64 (one process,
-# alternated; bench/decode_dots.py). So decode segments of at most this many slots per CPU device
+# its threaded kernels run slower than the Eigen dot it replaced: a SmolLM2 layer stack ran 1.45-1.5x
+# faster with YNNPACK off at 8 and 16 rows, 0.9x at 32, 1.0x at 64 (one process, interleaved;
+# bench/decode_dots.py). So decode segments of at most this many slots per CPU device
 # compile without it (the whole 16-row decode: ~1.1x, as attention and the vocabulary projection stay).
 SMALL_DOT_MAX_ROWS = 16
 SMALL_DOT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
