@@ -14,7 +14,7 @@ batch axes). The host loop in `scheduler` alternates:
      window (`w`, bucketed to the longest live row), so attention reads only what can hold data.
 
 State (a dict, every array's leading axis is the slot):
-  cache: per-layer `[{"k", "v"}]`, each `[s, k, w, e]` (see `decode_step`).
+  cache: per-layer `[{"k": [s, k, e, w], "v": [s, k, w, e]}]` (see `decode_step`).
   tok: int32 `[s]`, the last drawn token (fed at the next step). fill: int32 `[s]`, positions filled.
   count: int32 `[s]`, tokens drawn. row: int32 `[s]`, the global sample index (prompt-major).
   done: bool `[s]` (free slots are done). stopped: bool `[s]`, ended by a stop token.
@@ -43,8 +43,11 @@ L = shd
 _SLOT = (L.ACT_BATCH,)
 _SLOT_T = (L.ACT_BATCH, None)
 # A common prompt prefix is prefilled once when it spans at least this many tokens (and is rounded down to
-# a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation.
-SHARED_PREFIX_MULTIPLE = 16
+# a multiple of it): a system prompt and a question template, shared by every prompt of an evaluation. The
+# prefix is a static argument (one program per value), found once per `generate` call over all its prompts,
+# so a fine multiple costs few programs; at 16 the demo's held-out prompts (28 tokens in common) shared only
+# 16 and every row recomputed the other 12.
+SHARED_PREFIX_MULTIPLE = 4
 # XLA's CPU compiler hands matrix products to YNNPACK by default. At a decode step's few rows per device
 # its threaded kernels run slower than the Eigen dot it replaced: a SmolLM2 layer stack ran 1.45-1.5x
 # faster with YNNPACK off at 8 and 16 rows, 0.9x at 32, 1.0x at 64 (one process, interleaved;
@@ -56,7 +59,7 @@ SMALL_DOT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 def _slot_constrain(sharder, state: dict) -> dict:
     out = {k: shd.constrain(sharder, v, _SLOT if v.ndim == 1 else _SLOT_T) for k, v in state.items() if k != "cache"}
-    out["cache"] = [{k: shd.constrain(sharder, v, dstep.CACHE_AXES) for k, v in c.items()} for c in state["cache"]]
+    out["cache"] = [{k: shd.constrain(sharder, v, dstep.CACHE_AXES[k]) for k, v in c.items()} for c in state["cache"]]
     return out
 
 
@@ -115,8 +118,11 @@ def reshape(state: dict, src_s, *, window: int, sharder=None) -> dict:
     for layer in state["cache"]:
         new = {}
         for name, c in layer.items():
-            c = c[idx][:, :, :window]
-            new[name] = jnp.pad(c, ((0, 0), (0, 0), (0, window - c.shape[2]), (0, 0)))
+            axis = dstep.WINDOW_AXIS[name]
+            c = jax.lax.slice_in_dim(c[idx], 0, min(window, c.shape[axis]), axis=axis)
+            pad = [(0, 0)] * c.ndim
+            pad[axis] = (0, window - c.shape[axis])
+            new[name] = jnp.pad(c, pad)
         cache.append(new)
     out["cache"] = cache
     return _slot_constrain(sharder, out)
@@ -198,7 +204,10 @@ def insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, seed, temperat
         new = {}
         for name, x in c.items():
             rows_rkpe = jnp.swapaxes(prefix[name][layer], 1, 2)[src_r].astype(x.dtype)
-            new[name] = x.at[slot_r, :, :p, :].set(rows_rkpe, mode="drop")
+            if name == "k":  # keys are stored `[s, k, e, w]`
+                new[name] = x.at[slot_r, :, :, :p].set(jnp.swapaxes(rows_rkpe, 2, 3), mode="drop")
+            else:
+                new[name] = x.at[slot_r, :, :p, :].set(rows_rkpe, mode="drop")
         cache.append(new)
     out["cache"] = cache
     return _slot_constrain(sharder, out)
@@ -231,7 +240,7 @@ def small_dots(slots_per_device: int, platform: str) -> bool:
 def decode_segment(dparams, state, free_target, seed, temperature, top_p, stop_ids, *, cfg: ModelConfig,
                    controls: Controls, steps: int, sharder=None):
     """`segment`'s traced body, jitted twice below (XLA's default dots, and `SMALL_DOT_OPTIONS`)."""
-    w = state["cache"][0]["k"].shape[2]
+    w = dstep.window(state["cache"])
     t = state["out_tok"].shape[1]
 
     def cond(carry):

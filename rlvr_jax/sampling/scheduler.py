@@ -7,8 +7,9 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
      many slots (the long tail of RL lengths then runs on a smaller program), never below
      `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the
      bucketed length the live rows can reach within two segments (`buckets.bucket_length`);
-  3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (a prefix
-     common to all of them once in all: `engine.shared_prefix`);
+  3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (the
+     prefix common to every prompt of the call once per refill: `engine.shared_prefix`; each prompt's
+     own tokens padded to their own bucket, `prefill_length`);
   4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
 Shapes are bucketed (slots: powers of two times the mesh's batch shards; windows and prompt lengths:
 `2^k` or `3 * 2^k`), so a run compiles a handful of programs, cached across calls.
@@ -25,6 +26,7 @@ import numpy as np
 from rlvr_jax import sharding as shd
 from rlvr_jax.distributed import to_host
 from rlvr_jax.sampling import buckets, engine
+from rlvr_jax.sampling import decode_step as dstep
 from rlvr_jax.sampling.progress import ProgressBar
 
 # Decode steps per segment at most: long enough to amortise the host round trip (a device sync and
@@ -96,6 +98,9 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
     pending = collections.deque(range(n_rows))
     dparams = engine.decode_params(params, cfg)
     platform = next(iter(jax.tree.leaves(dparams)[0].sharding.device_set)).platform
+    # Computed over the whole call, not per refill: one value (one set of prefill and insert programs) for
+    # every refill, whichever prompts it happens to take.
+    shared = engine.shared_prefix(prompts)
     slot_row = np.full(plan.slots, -1, np.int64)  # global row held by each slot, -1 = free
     fill = np.zeros(plan.slots, np.int64)
     state = None
@@ -107,7 +112,7 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
             stats.compactions += int(len(slot_row) < slots)
             if take:
                 state, slot_row, fill = _refill(params, cfg, state, prompts, plan, sample, slot_row, fill, take,
-                                                sharder)
+                                                shared, sharder)
                 stats.refills += 1
             if np.all(slot_row < 0):
                 break
@@ -183,12 +188,12 @@ def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, shard
     reach += [buckets.bucket_length(max(plen(r) for r in take), minimum=plan.min_prompt_bucket)] if take else []
     reach += [min(plen(r) + horizon, plen(r) + plan.max_new_tokens - 1) for r in take]
     window = buckets.bucket_length(max(reach, default=1), minimum=plan.min_prompt_bucket)
-    if state is not None and window <= (current := state["cache"][0]["k"].shape[2]) < 2 * window:
+    if state is not None and window <= (current := dstep.window(state["cache"])) < 2 * window:
         window = current  # shrink only by half or more: fewer copies and programs for a few % of reads
     if state is None:
         state = engine.init_state(cfg=cfg, slots=s, window=window, max_new_tokens=plan.max_new_tokens,
                                   cache_dtype=plan.cache_dtype, sharder=sharder)
-    elif s != len(slot_row) or window != state["cache"][0]["k"].shape[2]:
+    elif s != len(slot_row) or window != dstep.window(state["cache"]):
         src = np.arange(len(slot_row)) if s == len(slot_row) else np.concatenate([live, np.full(s - len(live), -1)])
         state = engine.reshape(state, src.astype(np.int32), window=window, sharder=sharder)
         keep = src >= 0
@@ -197,17 +202,28 @@ def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, shard
     return state, slot_row, fill
 
 
-def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fill, take, sharder):
+def prefill_length(longest: int, shared: int, minimum: int) -> int:
+    """Prefill buffer length `p` for prompts of at most `longest` tokens whose first `shared` are prefilled once.
+
+    Each row computes `p - shared` positions, so that part is bucketed on its own: the CPU demo's held-out
+    prompts (41 tokens, 28 shared) compute 16 positions a row instead of the 48 - 28 = 20 of a bucketed
+    `p` (or 32 with the prefix rounded to 16). Never above the bucket of `longest`: the window that
+    `insert` writes into is at least that.
+    """
+    whole = buckets.bucket_length(longest, minimum=minimum)
+    return min(whole, shared + buckets.bucket_length(longest - shared, minimum=minimum)) if shared else whole
+
+
+def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fill, take, shared: int, sharder):
     """Prefills the distinct prompts of the samples `take` once and inserts each sample into a free slot."""
     ids_m = sorted({r // plan.n for r in take})
     m = buckets.bucket_count(len(ids_m), multiple=plan.multiple)
-    p = buckets.bucket_length(max(len(prompts[i]) for i in ids_m), minimum=plan.min_prompt_bucket)
+    p = prefill_length(max(len(prompts[i]) for i in ids_m), shared, plan.min_prompt_bucket)
     ids_mp = np.zeros((m, p), np.int32)
     len_m = np.ones((m,), np.int32)  # bucket padding: one pad token, so no row is empty
     for j, i in enumerate(ids_m):
         ids_mp[j, :len(prompts[i])], len_m[j] = prompts[i], len(prompts[i])
     ids_dev = ids_mp if sharder is None else jax.device_put(ids_mp, sharder.sharding((shd.ACT_BATCH, None), (m, p)))
-    shared = engine.shared_prefix([prompts[i] for i in ids_m])
     prefix, logits_mv = engine.prefill(params, ids_dev, len_m, cfg=cfg, cache_dtype=plan.cache_dtype,
                                        sharder=sharder, shared=shared)
     r = buckets.bucket_count(len(take))
