@@ -206,14 +206,29 @@ def test_shared_prefix_prefill_equals_full_prefill(model):
                                        rtol=1e-5, atol=1e-5)
 
 
-def test_generate_with_a_shared_system_prompt_equals_the_static_reference(model):
+def test_prefill_length_buckets_the_unshared_part():
+    assert scheduler.prefill_length(41, 28, 16) == 44  # 28 + 16, not the bucket 48
+    assert scheduler.prefill_length(41, 0, 16) == 48
+    assert scheduler.prefill_length(48, 4, 16) == 48  # 4 + bucket(44) = 52: capped at the bucket of 48
+    assert scheduler.prefill_length(200, 100, 16) == 228
+
+
+@pytest.mark.parametrize("system_len,shared,p", [(18, 16, 32), (30, 28, 44)])
+def test_generate_with_a_shared_system_prompt_equals_the_static_reference(model, monkeypatch, system_len, shared, p):
+    """The prefix path (prefix once, each row's own tokens in a buffer of `scheduler.prefill_length`) samples
+    what the static reference does; (30, 28, 44): a buffer shorter than the prompts' bucket (48)."""
     cfg, params = model
     rng = np.random.default_rng(4)
-    system = rng.integers(1, 97, size=18).tolist()
+    system = rng.integers(1, 97, size=system_len).tolist()
     prompts = [system + rng.integers(1, 97, size=k).tolist() for k in (3, 7, 1, 5)]
-    assert engine.shared_prefix(prompts) == 16  # the engine's own multiple: the prefix path runs
+    assert engine.shared_prefix(prompts) == shared  # the engine's own multiple: the prefix path runs
+    seen = []
+    real = engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda params, ids, *a, **kw: (seen.append((ids.shape[1], kw["shared"])),
+                                                                          real(params, ids, *a, **kw))[1])
     out = sampling.generate(params, cfg, prompts, max_new_tokens=T, temperature=0.8, n=2, seed=9, progress=False,
                             sub_batch_size=4)
+    assert {s for _, s in seen} == {shared} and (p, shared) in seen  # a refill of shorter prompts: shorter p
     tokens, logps = _static_reference(params, cfg, prompts, 2, T, 9, 0.8, ())
     assert out.tokens == tokens
     for got, want in zip(out.logprobs, logps):
