@@ -14,7 +14,7 @@ So this path uses its own layouts:
     device with no cast, `engine.decode_params` makes those per-layer arrays views of the stacked ones;
   * cache: a list of per-layer `{"k": [b, k, e, w], "v": [b, k, w, e]}` (kv-head-major; keys stored
     transposed, so both attention products are plain row-major ones, `[g, e] x [e, w]` then `[g, w] x
-    [w, e]`, with no transposed operand: 1.1-1.5x faster attention on a CPU at 16-64 slots,
+    [w, e]`, with no transposed operand: 1.1-2x faster attention on a CPU at 16-64 slots,
     `bench/decode_dots.py --attention`). Slot `b` holds one sample left-aligned: its prompt in
     `[0, len)`, then its tokens; `fill_b` is the next free position, which is also the RoPE position of the token
     fed there (no padding inside a row). `w` is the *window*: the engine sizes the cache buffer to
