@@ -137,7 +137,7 @@ def test_logprobs_equal_trainer_recomputation(model, prompts):
 
 def test_window_and_compaction_shapes(model):
     # 1 long prompt among short ones: the window grows to the long row's bucket; once the queue is empty
-    # the few live rows are compacted into a quarter of the slots. Results still equal the static order's.
+    # the few live rows are compacted into fewer slots. Results still equal the static order's.
     cfg, params = model
     rng = np.random.default_rng(2)
     prompts = [rng.integers(1, 97, size=k).tolist() for k in (3, 40, 2, 4, 6, 3, 5, 2, 7, 3, 2, 9, 4, 3, 5, 6, 2)]
@@ -167,12 +167,17 @@ def test_release_programs_then_generate_the_same(model):
 
 
 def test_compaction_levels():
-    # Exactly a quarter, never below MIN_SLOTS_PER_SHARD per batch shard: one slot count per level.
+    # Halves, never below MIN_SLOTS_PER_SHARD per batch shard, never an uneven split over the shards.
     assert scheduler.MIN_SLOTS_PER_SHARD == 4
-    assert [scheduler._compact_below(s, 1) for s in (4, 8, 12, 16, 32, 64)] == [0, 0, 0, 4, 8, 16]
-    assert [scheduler._compact_below(s, 2) for s in (16, 32, 64)] == [0, 8, 16]
-    assert scheduler._compact_below(132, 6) == 0  # 6 shards: 33 slots would not split evenly
-    assert scheduler._compact_below(96, 6) == 24
+    assert [scheduler._compact_below(s, 1) for s in (4, 8, 12, 16, 32, 64)] == [0, 4, 6, 8, 16, 32]
+    assert [scheduler._compact_below(s, 2) for s in (8, 16, 32, 64)] == [0, 8, 16, 32]
+    assert scheduler._compact_below(132, 6) == 66
+    assert scheduler._compact_below(36, 6) == 0  # 18 slots: fewer than 4 per shard
+    assert scheduler._compact_below(60, 4) == 0  # 30 slots would not split evenly over 4 shards
+    # Several levels at once, as far as the live rows fit; nothing live or too many live: unchanged.
+    assert [scheduler._compacted(64, live, 1) for live in (0, 3, 4, 5, 9, 16, 17, 32, 33)] == \
+        [64, 4, 4, 8, 16, 16, 32, 32, 64]
+    assert scheduler._compacted(64, 3, 2) == 8
 
 
 def test_shared_prefix_length():

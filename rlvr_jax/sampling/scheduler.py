@@ -3,10 +3,10 @@
 The queue holds every sample `(prompt, sample index)` in prompt-major order. Each round:
   1. harvest slots whose sample finished (copy its tokens out, free the slot);
   2. plan the shapes: while samples are pending the slot count stays fixed; once the queue is empty
-     and at most a quarter of the slots are live, the live ones are compacted into a quarter as
-     many slots (the long tail of RL lengths then runs on a smaller program), never below
-     `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the
-     bucketed length the live rows can reach within two segments (`buckets.bucket_length`);
+     and at most half the slots are live, the live ones are compacted into half as many slots (a quarter,
+     ... as far as they fit: the long tail of RL lengths runs on smaller programs), never below
+     `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the bucketed length the live rows can
+     reach within two segments (`buckets.bucket_length`);
   3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (the
      prefix common to every prompt of the call once per refill: `engine.shared_prefix`; each prompt's
      own tokens padded to their own bucket, `prefill_length`);
@@ -58,7 +58,7 @@ class Stats:
 
     Attributes:
       segments, refills, compactions: device programs of each kind run (a compaction moves the live
-      rows into a quarter as many slots). decode_steps: decode steps run (all slots).
+      rows into half as many slots, or fewer). decode_steps: decode steps run (all slots).
       slot_steps: decode steps x slots computed. tokens: tokens of the finished samples, `samples` of
         them (each sample's first token comes from the prefill, the others from decode steps).
     """
@@ -150,15 +150,24 @@ def _refill_at(plan: Plan, slot_row, pending) -> int:
 
 
 def _compact_below(s: int, multiple: int) -> int:
-    """Live rows at or below which `s` slots are compacted into `s // 4` slots; 0 = never.
+    """Live rows at or below which `s` slots are compacted into `s // 2` slots; 0 = never.
 
-    Always a quarter, never fewer: one slot count per level (e.g. 64 -> 16 -> 4), so an evaluation
-    and the training rollouts share their tail programs, and a run compiles no new ones as its
-    responses shorten.
+    Halves, one level at a time (64 -> 32 -> 16 -> 8 -> 4), so an evaluation and the training rollouts
+    share their tail programs and a run compiles no new ones as its responses shorten. Halves rather
+    than quarters: a CPU decode step costs about its rows (it is compute-bound at these sizes), and with
+    quarters a batch whose rows are still half live ran at full width until only a quarter were left
+    (a third of the slot-steps on finished rows on the realistic RL workload, BENCHMARKS.md).
     """
-    quarter = s // 4
-    even = 4 * quarter == s and quarter % multiple == 0  # every shard keeps the same number of slots
-    return quarter if even and quarter >= MIN_SLOTS_PER_SHARD * multiple else 0
+    half = s // 2
+    even = 2 * half == s and half % multiple == 0  # every shard keeps the same number of slots
+    return half if even and half >= MIN_SLOTS_PER_SHARD * multiple else 0
+
+
+def _compacted(s: int, live: int, multiple: int) -> int:
+    """Slots for `live` rows once the queue is empty: `s` halved while they still fit (several levels at once)."""
+    while 0 < live <= _compact_below(s, multiple):
+        s = _compact_below(s, multiple)
+    return s
 
 
 def _harvest(state, slot_row, finished, out) -> int:
@@ -177,8 +186,8 @@ def _shape(state, cfg, prompts, plan: Plan, slot_row, fill, take, pending, shard
     """Compacts slots once the queue is drained, and fits the window to the rows about to run."""
     s = len(slot_row)
     live = np.nonzero(slot_row >= 0)[0]
-    if not pending and 0 < len(live) + len(take) <= _compact_below(s, plan.multiple):
-        s //= 4
+    if not pending:
+        s = _compacted(s, len(live) + len(take), plan.multiple)
     plen = lambda r: len(prompts[r // plan.n])
     # Two segments ahead, not one: the window changes shape half as often (each window is a segment and
     # a reshape program more), for attention over at most one segment's worth of slots that are empty.
