@@ -19,6 +19,7 @@ On CPU, XLA's single host device runs on every core; to decode data-parallel ove
 
     python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 32 --reps 3
     python bench/rollout.py --workload realistic --dtype float32 --prompts 32 --reps 3
+    python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 8 --reps 1 --engine-only  # mismatch
     python bench/rollout.py --workload fixed --dtype float32 --reps 5
     python bench/rollout.py --workload gpu --reps 3            # when an accelerator is present
     python bench/rollout.py --workload realistic --prompts 2 --n 2 --max-new-tokens 16 --reps 1   # smoke
@@ -175,11 +176,12 @@ def realistic(args):
     placed, sharder = data_parallel(params, cfg)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.6, n=args.n, stop_token_ids=[eos],
               sub_batch_size=args.slots or "auto")
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
-    runners = {"rlvr_jax": ours(placed, cfg, prompts, sharder, seed=0, **kw),
-               "hf_generate": hf_static(model, prompts, args.n, args.max_new_tokens, eos, 0.6)}
-    if not args.no_generate_batch:
-        runners["hf_generate_batch"] = hf_continuous(model, prompts, args.n, args.max_new_tokens, eos, 0.6)
+    runners = {"rlvr_jax": ours(placed, cfg, prompts, sharder, seed=0, **kw)}
+    if not args.engine_only:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+        runners["hf_generate"] = hf_static(model, prompts, args.n, args.max_new_tokens, eos, 0.6)
+        if not args.no_generate_batch:
+            runners["hf_generate_batch"] = hf_continuous(model, prompts, args.n, args.max_new_tokens, eos, 0.6)
     print(f"prompts {len(prompts)} x n {args.n} (prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))}), "
           f"T=0.6, EOS on, <= {args.max_new_tokens} new tokens, dtype {args.dtype}")
     times = interleaved(runners, args.reps)
@@ -261,6 +263,8 @@ def parse_args(argv):
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--slots", type=int, default=0, help="decode slots (0: the engine's default)")
     ap.add_argument("--no-generate-batch", action="store_true", help="skip transformers' generate_batch")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="realistic: rlvr_jax alone (schedule figures and the rollout/trainer mismatch; no ratio)")
     ap.add_argument("--batch", type=int, default=16, help="fixed: rows")
     ap.add_argument("--prompt-len", type=int, default=64, help="fixed: prompt tokens")
     ap.add_argument("--new-tokens", type=int, default=128, help="fixed: new tokens")
