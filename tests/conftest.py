@@ -26,6 +26,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tiny-model programs compile in < 1 s
 
+# LLVM at -O0 for the suite's own compilations (`jax_disable_most_optimizations`: XLA's backend
+# optimisation level only; the same HLO passes, fusions and library matmul kernels, so the same numbers).
+# The suite is mostly compilation of tiny models, and CPU code generation takes ~40% less time this way.
+# Runs that compute for minutes on the real model ask for optimised code (`train_cli.run(optimized=True)`).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ def demo_run(tmp_path_factory, smollm2_dir):
     proc = train_cli.run(workdir, f"--config.model.path={smollm2_dir}", f"--config.trainer.total_steps={STEPS}",
                          f"--config.trainer.eval_every={STEPS}", "--config.trainer.eval_before_train=True",
                          "--config.eval.benchmarks=('synthetic:add2d:4',)", "--config.trainer.plot=True",
-                         config="configs/smollm2_1shot_cpu.py", devices=1, timeout_s=3600)
+                         config="configs/smollm2_1shot_cpu.py", devices=1, optimized=True, timeout_s=3600)
     return workdir, proc.stdout
 
 

@@ -26,10 +26,17 @@ PROBLEMS = [(f"What is {a} + {b}?" + " Think." * k, str(a + b))
             for k, (a, b) in enumerate([(3, 4), (12, 30), (7, 8), (100, 23), (5, 5), (41, 1), (9, 90), (66, 6)])]
 
 
-def env(devices: int = 2) -> dict:
-    """The child's environment: CPU with `devices` fake devices, this checkout first on the path."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                PYTHONPATH=str(REPO))
+def env(devices: int = 2, optimized: bool = False) -> dict:
+    """The child's environment: CPU with `devices` fake devices, this checkout first on the path.
+
+    `optimized`: XLA's full backend optimisation, as users run (tests/conftest.py turns most of it off
+    for the suite's tiny models, whose time is compilation).
+    """
+    out = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(REPO))
+    if optimized:
+        out["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
+    return out
 
 
 def command(workdir, *flags: str, config: str = "configs/tiny.py") -> list[str]:
@@ -37,10 +44,10 @@ def command(workdir, *flags: str, config: str = "configs/tiny.py") -> list[str]:
     return [sys.executable, str(TRAIN), f"--config={REPO / config}", f"--workdir={workdir}", *QUIET, *flags]
 
 
-def run(workdir, *flags: str, config: str = "configs/tiny.py", devices: int = 2,
+def run(workdir, *flags: str, config: str = "configs/tiny.py", devices: int = 2, optimized: bool = False,
         timeout_s: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     """Runs the train command to completion; raises with its stderr tail if it fails."""
-    proc = subprocess.run(command(workdir, *flags, config=config), env=env(devices), capture_output=True,
+    proc = subprocess.run(command(workdir, *flags, config=config), env=env(devices, optimized), capture_output=True,
                           text=True, timeout=timeout_s, cwd=REPO)
     if proc.returncode != 0:
         raise AssertionError(f"train.py exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
