@@ -23,9 +23,10 @@ import rollout  # noqa: E402  (bench/rollout.py: prompts and placement)
 
 
 def quarter_rule(s: int, multiple: int) -> int:
+    """The rule before 2026-12: into a quarter of the slots, never below 4 per batch shard."""
     quarter = s // 4
     even = 4 * quarter == s and quarter % multiple == 0
-    return quarter if even and quarter >= scheduler.MIN_SLOTS_PER_SHARD * multiple else 0
+    return quarter if even and quarter >= 4 * multiple else 0
 
 
 def main() -> None:

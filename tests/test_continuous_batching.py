@@ -168,16 +168,17 @@ def test_release_programs_then_generate_the_same(model):
 
 def test_compaction_levels():
     # Halves, never below MIN_SLOTS_PER_SHARD per batch shard, never an uneven split over the shards.
-    assert scheduler.MIN_SLOTS_PER_SHARD == 4
-    assert [scheduler._compact_below(s, 1) for s in (4, 8, 12, 16, 32, 64)] == [0, 4, 6, 8, 16, 32]
-    assert [scheduler._compact_below(s, 2) for s in (8, 16, 32, 64)] == [0, 8, 16, 32]
+    assert scheduler.MIN_SLOTS_PER_SHARD == 8
+    assert [scheduler._compact_below(s, 1) for s in (8, 12, 16, 24, 32, 64)] == [0, 0, 8, 12, 16, 32]
+    assert [scheduler._compact_below(s, 2) for s in (16, 32, 64)] == [0, 16, 32]
     assert scheduler._compact_below(132, 6) == 66
-    assert scheduler._compact_below(36, 6) == 0  # 18 slots: fewer than 4 per shard
-    assert scheduler._compact_below(60, 4) == 0  # 30 slots would not split evenly over 4 shards
+    assert scheduler._compact_below(72, 6) == 0  # 36 slots: fewer than 8 per shard
+    assert scheduler._compact_below(136, 8) == 0  # 68 slots would not split evenly over 8 shards
     # Several levels at once, as far as the live rows fit; nothing live or too many live: unchanged.
-    assert [scheduler._compacted(64, live, 1) for live in (0, 3, 4, 5, 9, 16, 17, 32, 33)] == \
-        [64, 4, 4, 8, 16, 16, 32, 32, 64]
-    assert scheduler._compacted(64, 3, 2) == 8
+    assert [scheduler._compacted(64, live, 1) for live in (0, 3, 8, 9, 16, 17, 32, 33)] == \
+        [64, 8, 8, 16, 16, 32, 32, 64]
+    assert scheduler._compacted(64, 3, 2) == 16
+    assert scheduler._compacted(8, 1, 1) == 8  # the demo's 8-slot rollouts are never compacted
 
 
 def test_shared_prefix_length():

@@ -35,8 +35,9 @@ SEGMENT_STEPS = 32
 # Compaction stops at this many slots per batch shard. Below it a decode step costs about the same
 # (it reads every weight once whatever the rows), while each smaller slot count is one more set of
 # compiled programs held for the rest of the run (25-40 MiB each on a CPU, where the demo had compiled
-# 2- and 1-slot programs late in training).
-MIN_SLOTS_PER_SHARD = 4
+# 2- and 1-slot programs late in training). 8, not 4, since compaction halves: at 4 the demo's 8-slot
+# rollouts compacted into 4 slots and compiled a 4-slot program per window, for no faster steps.
+MIN_SLOTS_PER_SHARD = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _refill_at(plan: Plan, slot_row, pending) -> int:
 def _compact_below(s: int, multiple: int) -> int:
     """Live rows at or below which `s` slots are compacted into `s // 2` slots; 0 = never.
 
-    Halves, one level at a time (64 -> 32 -> 16 -> 8 -> 4), so an evaluation and the training rollouts
+    Halves, one level at a time (64 -> 32 -> 16 -> 8), so an evaluation and the training rollouts
     share their tail programs and a run compiles no new ones as its responses shorten. Halves rather
     than quarters: a CPU decode step costs about its rows (it is compute-bound at these sizes), and with
     quarters a batch whose rows are still half live ran at full width until only a quarter were left
