@@ -155,7 +155,7 @@ def _compact_below(s: int, multiple: int) -> int:
 
     Halves, one level at a time (64 -> 32 -> 16 -> 8), so an evaluation and the training rollouts
     share their tail programs and a run compiles no new ones as its responses shorten. Halves rather
-    than quarters: a CPU decode step costs about its rows (it is compute-bound at these sizes), and with
+    than quarters: a CPU decode step costs more the more rows it computes (compute-bound here), and with
     quarters a batch whose rows are still half live ran at full width until only a quarter were left
     (a third of the slot-steps on finished rows on the realistic RL workload, BENCHMARKS.md).
     """
