@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import rollout  # noqa: E402  (bench/rollout.py: prompts and placement)
 
+from rlvr_jax.sampling import scheduler  # noqa: E402
+
 
 def quarter_rule(s: int, multiple: int) -> int:
     """The rule before 2026-12: into a quarter of the slots, never below 4 per batch shard."""
@@ -77,5 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from rlvr_jax.sampling import scheduler
     main()

@@ -19,7 +19,7 @@ On CPU, XLA's single host device runs on every core; to decode data-parallel ove
 
     python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 32 --reps 3
     python bench/rollout.py --workload realistic --dtype float32 --prompts 32 --reps 3
-    python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 8 --reps 1 --engine-only  # mismatch
+    python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 2 --n 4 --max-new-tokens 128 --reps 1 --engine-only  # mismatch
     python bench/rollout.py --workload fixed --dtype float32 --reps 5
     python bench/rollout.py --workload gpu --reps 3            # when an accelerator is present
     python bench/rollout.py --workload realistic --prompts 2 --n 2 --max-new-tokens 16 --reps 1   # smoke

@@ -8,7 +8,7 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
      `MIN_SLOTS_PER_SHARD` per batch shard. The cache window is the bucketed length the live rows can
      reach within two segments (`buckets.bucket_length`);
   3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (the
-     prefix common to every prompt of the call once per refill: `engine.shared_prefix`; each prompt's
+     prefix common to every prompt of the call, found once per call: `engine.shared_prefix`; each prompt's
      own tokens padded to their own bucket, `prefill_length`);
   4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
 Shapes are bucketed (slots: powers of two times the mesh's batch shards; windows and prompt lengths:
