@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices (FSDP by default).
+    # 0: the mesh spans every device of every process. n > 0 (one-process runs): this process's first n
+    # devices only, e.g. a quick run on part of a host, or the tests' small runs on a few fake CPU devices.
+    c.mesh.num_devices = 0
     # Logical axis -> mesh axes rules as ((name, axes), ...); empty means rlvr_jax.sharding.DEFAULT_RULES.
     c.mesh.rules = ()
 

@@ -23,6 +23,7 @@ def _tiny(variant, steps, **overrides):
     c.trainer.progress = False
     c.trainer.async_checkpoint = False
     c.trainer.total_steps, c.trainer.save_every = steps, 1
+    c.mesh.num_devices = 2  # as test_train_e2e._tiny: a sharded run, not eight devices' dispatch
     for key, value in overrides.items():
         section, leaf = key.split(".")
         c[section][leaf] = value

@@ -107,8 +107,16 @@ def model_config(config, *, need_weights: bool = True) -> ModelConfig:
 
 
 def build_sharder(config) -> shd.Sharder:
-    """The (data, fsdp, tensor) mesh over every device of every process, with the config's rules."""
-    mesh = shd.make_mesh(tuple(config.mesh.shape))
+    """The (data, fsdp, tensor) mesh over every device of every process (or `mesh.num_devices` of this one)."""
+    n = config.mesh.num_devices
+    devices = None
+    if n:
+        if jax.process_count() > 1:
+            raise ValueError(f"config.mesh.num_devices={n}: a multi-process run spans every device (set 0)")
+        if n > jax.local_device_count():
+            raise ValueError(f"config.mesh.num_devices={n}: this process has {jax.local_device_count()} devices")
+        devices = jax.local_devices()[:n]
+    mesh = shd.make_mesh(tuple(config.mesh.shape), devices=devices)
     rules = shd.rules_from_config(config.mesh.rules) if config.mesh.rules else shd.DEFAULT_RULES
     return shd.Sharder(mesh, rules)
 

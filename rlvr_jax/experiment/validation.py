@@ -31,7 +31,8 @@ POSITIVE_KEYS = ("trainer.batch_size", "rollout.n", "rollout.max_new_tokens", "d
 NON_NEGATIVE_KEYS = ("trainer.total_steps", "trainer.save_every", "trainer.eval_every", "actor.mini_batch_size",
                      "actor.lr", "actor.weight_decay", "actor.grad_clip", "actor.entropy_coeff", "actor.kl_coef",
                      "rollout.sub_batch_size", "rollout.top_k", "eval.limit", "trainer.keep", "actor.tis_cap",
-                     "reward.overlong_cache_len", "algorithm.reward_kl_coef", "eval.n", "eval.temperature")
+                     "reward.overlong_cache_len", "algorithm.reward_kl_coef", "eval.n", "eval.temperature",
+                     "mesh.num_devices")
 
 
 class ConfigError(ValueError):
