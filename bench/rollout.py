@@ -20,6 +20,7 @@ On CPU, XLA's single host device runs on every core; to decode data-parallel ove
     python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 32 --reps 3
     python bench/rollout.py --workload realistic --dtype float32 --prompts 32 --reps 3
     python bench/rollout.py --workload realistic --dtype bfloat16 --prompts 2 --n 4 --max-new-tokens 128 --reps 1 --engine-only  # mismatch
+    python bench/rollout.py ... --engine-only --residual-dtype bfloat16   # the mismatch with every matmul output rounded
     python bench/rollout.py --workload fixed --dtype float32 --reps 5
     python bench/rollout.py --workload gpu --reps 3            # when an accelerator is present
     python bench/rollout.py --workload realistic --prompts 2 --n 2 --max-new-tokens 16 --reps 1   # smoke
@@ -172,7 +173,7 @@ def realistic(args):
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     prompts = math500_prompts(tok, args.prompts)
     cfg, params = models.load_hf(path, dtype=args.dtype)
-    cfg = cfg.replace(dtype=args.dtype, param_dtype=args.dtype)
+    cfg = cfg.replace(dtype=args.dtype, param_dtype=args.dtype, residual_dtype=args.residual_dtype)
     placed, sharder = data_parallel(params, cfg)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.6, n=args.n, stop_token_ids=[eos],
               sub_batch_size=args.slots or "auto")
@@ -196,7 +197,7 @@ def realistic(args):
             s, r = median_rate(times[name], lambda x: x)
             print(f"{name}: {s:.2f} s, {r:.1f} useful tok/s -> rlvr_jax is {rate / r:.2f}x")
     for dt, (mean, mx) in mismatch(params, cfg, res, 0.6).items():
-        print(f"rollout ({args.dtype}) vs trainer recomputation ({dt}): mean |dlogp| {mean:.2e}, max {mx:.2e}")
+        print(f"rollout ({args.dtype}, residual {args.residual_dtype}) vs trainer recomputation ({dt}): mean |dlogp| {mean:.2e}, max {mx:.2e}")
     print("all times (s): " + "; ".join(f"{k} " + ", ".join(f"{s:.2f}" for s, _ in v) for k, v in times.items()))
 
 
@@ -258,6 +259,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=("realistic", "fixed", "gpu"), default="realistic")
     ap.add_argument("--dtype", default="bfloat16", help="params and compute dtype (CPU workloads)")
+    ap.add_argument("--residual-dtype", default="float32",
+                    help="residual stream and matmul outputs (ModelConfig.residual_dtype; bfloat16: transformers' arithmetic)")
     ap.add_argument("--prompts", type=int, default=32, help="realistic: MATH500 problems")
     ap.add_argument("--n", type=int, default=4, help="realistic: samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=256)

@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tokenizer_path = ""  # Tokenizer directory; defaults to model.path.
     c.model.param_dtype = "float32"  # Master weights (AdamW updates at 1e-6 vanish in bf16).
     c.model.dtype = "bfloat16"  # Compute dtype of matmuls and the KV cache.
+    # The residual stream and matmul outputs (float32 accumulators kept): the sampler's and the trainer's
+    # log-probs then agree closely in bf16 (ModelConfig.residual_dtype); "bfloat16" is transformers' arithmetic.
+    c.model.residual_dtype = "float32"
     c.model.ref_dtype = "bfloat16"  # Storage dtype of the frozen reference copy (it is never updated).
     c.model.attention_impl = "xla"  # "xla" (einsum, any backend) or "cudnn" (flash attention on GPU).
     c.model.remat = "full"  # Per-layer rematerialisation in the backward pass: none | full | dots.

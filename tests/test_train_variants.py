@@ -63,8 +63,16 @@ def test_dry_run_prints_hand_computed_bytes(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["adamw moments"] == params + params // 2
     # bf16 compute over float32 weights, or several devices: the sampler holds its own copy.
     proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.model.dtype=bfloat16",
-                         devices=1)
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["sampler weight copy (compute dtype)"] == params // 2
+                         "--config.actor.packing=false", devices=1)
+    bf16_plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert bf16_plan["sampler weight copy (compute dtype)"] == params // 2
+    # Matmul outputs stay float32 (model.residual_dtype): activations are counted at 4 bytes, unless the
+    # residual is bf16 too.
+    assert bf16_plan["activations (one micro-batch, remat)"] == expected["activations (one micro-batch, remat)"]
+    proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(1,1,1)", "--config.model.dtype=bfloat16",
+                         "--config.model.residual_dtype=bfloat16", "--config.actor.packing=false", devices=1)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["activations (one micro-batch, remat)"] == LAYERS * (
+        micro * length * ((4 * HIDDEN + 3 * INTER) * 2 + HEADS * length * f32))
     proc = train_cli.run(tmp_path, "--dry_run", "--config.mesh.shape=(2,1,1)", devices=2)  # data parallel
     assert json.loads(proc.stdout.strip().splitlines()[-1])["sampler weight copy (compute dtype)"] == params
 

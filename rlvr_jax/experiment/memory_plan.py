@@ -73,8 +73,11 @@ def memory_plan(config) -> dict:
         length, micro = row_layout(length, config.actor.max_tokens_per_micro_batch, 1)
     else:
         micro = math.ceil(config.actor.micro_batch_size / batch_shards)
-    act_item = np.dtype(jax.numpy.dtype(cfg.dtype)).itemsize
-    # With per-layer remat only each layer's input is saved; one layer's internals are live at a time.
+    # Matmul outputs and the residual stream are in `residual_dtype`, matmul inputs in `dtype`: the plan
+    # counts every activation at the wider of the two.
+    act_item = max(np.dtype(jax.numpy.dtype(cfg.dtype)).itemsize, np.dtype(jax.numpy.dtype(cfg.residual_dtype)).itemsize)
+    # With per-layer remat only each layer's input (the residual stream) is saved; one layer's internals
+    # are live at a time.
     saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
     layer = micro * length * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * act_item
     if cfg.attention_impl == "xla":  # einsum attention materialises [heads, t, t] scores in float32

@@ -90,7 +90,8 @@ def model_config(config, *, need_weights: bool = True) -> ModelConfig:
         checkpoint is on disk, and never converts the SmolLM2 GGUF.
     """
     overrides = dict(param_dtype=config.model.param_dtype, dtype=resolve_dtype(config.model.dtype),
-                     attention_impl=config.model.attention_impl, remat=config.model.remat)
+                     residual_dtype=config.model.residual_dtype, attention_impl=config.model.attention_impl,
+                     remat=config.model.remat)
     if config.model.source == "random":
         arch = config.model.arch.to_dict()
         arch.setdefault("max_position_embeddings", 4096)

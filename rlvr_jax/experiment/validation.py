@@ -71,6 +71,7 @@ def _check_names(config) -> None:
 
     _one_of(config, "model.source", MODEL_SOURCES)
     _one_of(config, "model.param_dtype", DTYPES)
+    _one_of(config, "model.residual_dtype", DTYPES)
     for key in ("model.dtype", "model.ref_dtype"):  # "auto": bfloat16 where the hardware has it (model.resolve_dtype)
         _one_of(config, key, DTYPES + ("auto",))
     _one_of(config, "model.attention_impl", ATTENTION_IMPLS)

@@ -85,6 +85,14 @@ class ModelConfig:
     # compute is the accelerator default; fp32/fp32 is what parity tests need.
     param_dtype: str = "float32"
     dtype: str = "float32"
+    # The residual stream and every matmul's output (accumulated in float32 and kept there); matmul inputs
+    # are cast to `dtype`. "float32" with bf16 compute rounds only what enters a matmul, and two programs
+    # that compute the same matmul with different shapes (the sampler's one-token decode step and the
+    # trainer's whole-sequence pass) then round it the same way almost always; with every output rounded
+    # to bf16 (transformers' bf16 arithmetic, "bfloat16" here) XLA elides some of those roundings in one
+    # program and not the other; the two paths' log-probs disagreed by 2.4e-2 on average, 1.0e-2 with
+    # "float32" (SmolLM2, BENCHMARKS.md: the rest is float32 reduction order amplified by depth).
+    residual_dtype: str = "float32"
     # "xla": einsum attention (any backend); "cudnn": jax.nn.dot_product_attention's flash kernel.
     attention_impl: str = "xla"
     # Rematerialise each layer's activations in the backward pass: "none", "full" or "dots"
@@ -98,6 +106,8 @@ class ModelConfig:
             )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.residual_dtype not in DTYPES:
+            raise ValueError(f"residual_dtype must be one of {DTYPES}, got {self.residual_dtype!r}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
 

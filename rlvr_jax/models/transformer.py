@@ -154,15 +154,25 @@ def apply_rope(x_btne: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
     return out.astype(x_btne.dtype)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, param_dtype=None) -> jax.Array:
+    """RMSNorm in float32, returned in `x.dtype`; the scale is first rounded to `param_dtype` (the compute
+    dtype: every parameter is used as the sampler's cast copy holds it)."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return normed.astype(x.dtype) * scale.astype(x.dtype)
+    return normed.astype(x.dtype) * scale.astype(param_dtype or x.dtype).astype(x.dtype)
 
 
-def _dense(x: jax.Array, p: dict, dtype) -> jax.Array:
-    y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(dtype))
-    return y + p["bias"].astype(dtype) if "bias" in p else y
+def dense(x: jax.Array, p: dict, dtype, out_dtype) -> jax.Array:
+    """`x @ kernel (+ bias)`: inputs and params in `dtype`, accumulated in float32, returned in `out_dtype`."""
+    y = jnp.einsum("...i,io->...o", x.astype(dtype), p["kernel"].astype(dtype),
+                   preferred_element_type=jnp.promote_types(out_dtype, jnp.float32))
+    y = y.astype(out_dtype)
+    return y + p["bias"].astype(dtype).astype(out_dtype) if "bias" in p else y
+
+
+def embed(table: jax.Array, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Embedding rows, rounded to the compute dtype and carried in the residual dtype."""
+    return jnp.take(table, tokens, axis=0).astype(cfg.dtype).astype(cfg.residual_dtype)
 
 
 def attention(q_bthe, k_bske, v_bske, mask_bts, cfg: ModelConfig) -> jax.Array:
@@ -188,24 +198,29 @@ def attention(q_bthe, k_bske, v_bske, mask_bts, cfg: ModelConfig) -> jax.Array:
     scores = scores * (e**-0.5)
     scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske, preferred_element_type=jnp.float32).astype(v_bske.dtype)
     return out.reshape(b, t, h * e)
 
 
 def _layer(cfg: ModelConfig, sharder, h_btd, lp, positions_bt, mask_bts, kv_l, cache_index):
-    """One decoder block. `kv_l` is this layer's (k, v) cache `[b, s, k, e]` or None."""
-    dt = jnp.dtype(cfg.dtype)
+    """One decoder block. `kv_l` is this layer's (k, v) cache `[b, s, k, e]` or None.
+
+    `h_btd` (the residual stream) and every matmul's output are in `cfg.residual_dtype`; what enters a
+    matmul or the attention (q, k, v after RoPE) is in `cfg.dtype`.
+    """
+    dt, rt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.residual_dtype)
     b, t, _ = h_btd.shape
     attn_p = lp["self_attn"]
-    x = rms_norm(h_btd, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
-    q = _dense(x, attn_p["q_proj"], dt).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = _dense(x, attn_p["k_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = _dense(x, attn_p["v_proj"], dt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    x = rms_norm(h_btd, lp["input_layernorm"]["scale"], cfg.rms_norm_eps, dt)
+    q = dense(x, attn_p["q_proj"], dt, rt).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = dense(x, attn_p["k_proj"], dt, rt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = dense(x, attn_p["v_proj"], dt, rt).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     if cfg.qk_norm:  # Qwen3 normalises each head before RoPE (so the cache holds normed keys).
-        q = rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps)
-        k = rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps)
+        q = rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps, dt)
+        k = rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps, dt)
     inv_freq = rope_inv_freq(cfg)
     q, k = apply_rope(q, positions_bt, inv_freq), apply_rope(k, positions_bt, inv_freq)
+    q, k, v = q.astype(dt), k.astype(dt), v.astype(dt)
     new_kv = None
     if kv_l is not None:
         k_cache, v_cache = kv_l
@@ -215,12 +230,12 @@ def _layer(cfg: ModelConfig, sharder, h_btd, lp, positions_bt, mask_bts, kv_l, c
         k, v = k_cache.astype(dt), v_cache.astype(dt)
     q = shd.constrain(sharder, q, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_HEADS, None))
     attn = attention(q, k, v, mask_bts, cfg)
-    h_btd = h_btd + _dense(attn, attn_p["o_proj"], dt)
-    x = rms_norm(h_btd, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
+    h_btd = h_btd + dense(attn, attn_p["o_proj"], dt, rt)
+    x = rms_norm(h_btd, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps, dt)
     mlp = lp["mlp"]
-    gated = jax.nn.silu(_dense(x, mlp["gate_proj"], dt)) * _dense(x, mlp["up_proj"], dt)
+    gated = jax.nn.silu(dense(x, mlp["gate_proj"], dt, rt)) * dense(x, mlp["up_proj"], dt, rt)
     gated = shd.constrain(sharder, gated, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_MLP))
-    h_btd = h_btd + _dense(gated, mlp["down_proj"], dt)
+    h_btd = h_btd + dense(gated, mlp["down_proj"], dt, rt)
     h_btd = shd.constrain(sharder, h_btd, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_EMBED))
     return h_btd, new_kv
 
@@ -266,7 +281,7 @@ def decoder_stack(
     # Gather the FSDP-split embed dim first: a lookup into a table split along d cannot give
     # batch-split rows, and XLA would fall back to replicating the activations.
     table = shd.constrain(sharder, params["embed_tokens"]["embedding"], (L.VOCAB, None))
-    h = jnp.take(table, tokens_bt, axis=0).astype(dt)
+    h = embed(table, tokens_bt, cfg)
     h = shd.constrain(sharder, h, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_EMBED))
     q_slots = cache_index + jnp.arange(t)
     k_slots = jnp.arange(kv_mask_bs.shape[1])
@@ -282,7 +297,7 @@ def decoder_stack(
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     kv = None if cache is None else (cache["k"], cache["v"])
     h, new_kv = jax.lax.scan(body, h, (params["layers"], kv))
-    h = rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
+    h = rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps, dt).astype(dt)
     new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
     return h, new_cache
 

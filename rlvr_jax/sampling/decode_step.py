@@ -21,7 +21,8 @@ So this path uses its own layouts:
     a bucket of the longest live row, so attention reads only what can hold data.
 The new token's keys/values are scattered at `(b, fill_b)`, in place on the loop-carried buffer.
 
-The arithmetic is `transformer._layer`'s (same public building blocks, dtypes and masking); the
+The arithmetic is `transformer._layer`'s (same public building blocks, dtypes and masking: matmul inputs in
+`cfg.dtype`, outputs and the residual stream in `cfg.residual_dtype`); the
 tests check tokens and log-probs against `forward` and greedy tokens against transformers.
 """
 
@@ -86,36 +87,31 @@ def decode_step(dparams, cfg: ModelConfig, tokens_b, fill_b, cache, *, sharder=N
     dt = jnp.dtype(cfg.dtype)
     w = window(cache)
     write_b = jnp.minimum(fill_b, w - 1)
-    h_b1d = jnp.take(dparams["embed_tokens"]["embedding"], tokens_b[:, None], axis=0).astype(dt)
+    h_b1d = tfm.embed(dparams["embed_tokens"]["embedding"], tokens_b[:, None], cfg)
     mask_bw = jnp.arange(w)[None, :] <= write_b[:, None]
     new_cache = []
     for lp, layer_cache in zip(dparams["layers"], cache):
         h_b1d, layer_cache = _layer(cfg, sharder, h_b1d, lp, write_b, mask_bw, layer_cache)
         new_cache.append(layer_cache)
-    h_b1d = tfm.rms_norm(h_b1d, dparams["norm"]["scale"], cfg.rms_norm_eps)
+    h_b1d = tfm.rms_norm(h_b1d, dparams["norm"]["scale"], cfg.rms_norm_eps, dt).astype(dt)
     return tfm.logits_from_hidden(dparams, cfg, h_b1d[:, 0]), new_cache
-
-
-def _proj(x, p: dict, dt):
-    # Same formula as transformer._dense (private there).
-    y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(dt))
-    return y + p["bias"].astype(dt) if "bias" in p else y
 
 
 def _layer(cfg, sharder, h_b1d, lp, write_b, mask_bw, layer_cache):
     """One decoder block for one new token per slot; `layer_cache` holds `[b, k, e, w]` keys, `[b, k, w, e]` values."""
-    dt = jnp.dtype(cfg.dtype)
+    dt, rt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.residual_dtype)
     b = h_b1d.shape[0]
     attn_p = lp["self_attn"]
-    x = tfm.rms_norm(h_b1d, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
-    q = _proj(x, attn_p["q_proj"], dt).reshape(b, 1, cfg.num_heads, cfg.head_dim)
-    k = _proj(x, attn_p["k_proj"], dt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
-    v = _proj(x, attn_p["v_proj"], dt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
+    x = tfm.rms_norm(h_b1d, lp["input_layernorm"]["scale"], cfg.rms_norm_eps, dt)
+    q = tfm.dense(x, attn_p["q_proj"], dt, rt).reshape(b, 1, cfg.num_heads, cfg.head_dim)
+    k = tfm.dense(x, attn_p["k_proj"], dt, rt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
+    v = tfm.dense(x, attn_p["v_proj"], dt, rt).reshape(b, 1, cfg.num_kv_heads, cfg.head_dim)
     if cfg.qk_norm:  # Qwen3: per-head RMSNorm before RoPE, as in `transformer._layer`.
-        q = tfm.rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps)
-        k = tfm.rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps)
+        q = tfm.rms_norm(q, attn_p["q_norm"]["scale"], cfg.rms_norm_eps, dt)
+        k = tfm.rms_norm(k, attn_p["k_norm"]["scale"], cfg.rms_norm_eps, dt)
     inv_freq = tfm.rope_inv_freq(cfg)
     q, k = tfm.apply_rope(q, write_b[:, None], inv_freq), tfm.apply_rope(k, write_b[:, None], inv_freq)
+    q, k, v = q.astype(dt), k.astype(dt), v.astype(dt)
     rows = jnp.arange(b)
     new = {}
     for name, x_b1ke in (("k", k), ("v", v)):
@@ -125,12 +121,12 @@ def _layer(cfg, sharder, h_b1d, lp, write_b, mask_bw, layer_cache):
         c = at.set(x_b1ke[:, 0].astype(c.dtype), unique_indices=True)
         new[name] = shd.constrain(sharder, c, CACHE_AXES[name])
     attn = _attend(q, new["k"].astype(dt), new["v"].astype(dt), mask_bw)
-    h_b1d = h_b1d + _proj(attn, attn_p["o_proj"], dt)
-    x = tfm.rms_norm(h_b1d, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
+    h_b1d = h_b1d + tfm.dense(attn, attn_p["o_proj"], dt, rt)
+    x = tfm.rms_norm(h_b1d, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps, dt)
     mlp = lp["mlp"]
-    gated = jax.nn.silu(_proj(x, mlp["gate_proj"], dt)) * _proj(x, mlp["up_proj"], dt)
+    gated = jax.nn.silu(tfm.dense(x, mlp["gate_proj"], dt, rt)) * tfm.dense(x, mlp["up_proj"], dt, rt)
     gated = shd.constrain(sharder, gated, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_MLP))
-    h_b1d = h_b1d + _proj(gated, mlp["down_proj"], dt)
+    h_b1d = h_b1d + tfm.dense(gated, mlp["down_proj"], dt, rt)
     return shd.constrain(sharder, h_b1d, (L.ACT_BATCH, L.ACT_LENGTH, L.ACT_EMBED)), new
 
 
@@ -142,4 +138,5 @@ def _attend(q_b1he, k_bkew, v_bkwe, mask_bw):
     scores = jnp.einsum("bkge,bkew->bkgw", q_bkge, k_bkew, preferred_element_type=jnp.float32) * (e**-0.5)
     scores = jnp.where(mask_bw[:, None, None, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bkwe.dtype)
-    return jnp.einsum("bkgw,bkwe->bkge", probs, v_bkwe).reshape(b, 1, h * e)
+    out = jnp.einsum("bkgw,bkwe->bkge", probs, v_bkwe, preferred_element_type=jnp.float32).astype(v_bkwe.dtype)
+    return out.reshape(b, 1, h * e)
