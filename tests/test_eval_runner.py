@@ -297,7 +297,8 @@ def test_launch_eval_end_to_end_tiny_model(problems_file, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "launch" / "eval.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
            f"--benchmarks={problems_file}", "--config.eval.limit=3",
-           "--config.eval.max_new_tokens=8", "--config.trainer.progress=False", f"--out_dir={out}"]
+           "--config.eval.max_new_tokens=8", "--config.trainer.progress=False", "--config.mesh.num_devices=2",
+           f"--out_dir={out}"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| benchmark | metric | score |" in proc.stdout

@@ -74,6 +74,7 @@ def run_dir(tmp_path):
 
     config = tiny.get_config()
     config.trainer.progress = False
+    config.mesh.num_devices = 2  # two of the session's eight fake CPU devices: sharded, without 8x the dispatch
     cfg = experiment.model_config(config)
     saver = checkpoint.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=0, async_save=False)
     for step in STEPS:
