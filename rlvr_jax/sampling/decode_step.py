@@ -21,9 +21,9 @@ So this path uses its own layouts:
     a bucket of the longest live row, so attention reads only what can hold data.
 The new token's keys/values are scattered at `(b, fill_b)`, in place on the loop-carried buffer.
 
-The arithmetic is `transformer._layer`'s (same public building blocks, dtypes and masking: matmul inputs in
-`cfg.dtype`, outputs and the residual stream in `cfg.residual_dtype`); the
-tests check tokens and log-probs against `forward` and greedy tokens against transformers.
+The arithmetic is `transformer._layer`'s (same public building blocks, dtypes and masking: matmul inputs
+in `cfg.dtype`, their outputs and the residual stream in `cfg.residual_dtype`); the tests check tokens and
+log-probs against `forward` and greedy tokens against transformers.
 """
 
 from __future__ import annotations
