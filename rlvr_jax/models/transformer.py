@@ -154,18 +154,17 @@ def apply_rope(x_btne: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
     return out.astype(x_btne.dtype)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float, param_dtype=None) -> jax.Array:
-    """RMSNorm in float32, returned in `x.dtype`; the scale is first rounded to `param_dtype` (the compute
-    dtype: every parameter is used as the sampler's cast copy holds it)."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, scale_dtype=None) -> jax.Array:
+    """RMSNorm in float32, returned in `x.dtype`; the scale is first rounded to `scale_dtype` (callers pass
+    the compute dtype: every parameter is used as the sampler's cast copy holds it)."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return normed.astype(x.dtype) * scale.astype(param_dtype or x.dtype).astype(x.dtype)
+    return normed.astype(x.dtype) * scale.astype(scale_dtype or x.dtype).astype(x.dtype)
 
 
 def dense(x: jax.Array, p: dict, dtype, out_dtype) -> jax.Array:
     """`x @ kernel (+ bias)`: inputs and params in `dtype`, accumulated in float32, returned in `out_dtype`."""
-    y = jnp.einsum("...i,io->...o", x.astype(dtype), p["kernel"].astype(dtype),
-                   preferred_element_type=jnp.promote_types(out_dtype, jnp.float32))
+    y = jnp.einsum("...i,io->...o", x.astype(dtype), p["kernel"].astype(dtype), preferred_element_type=jnp.float32)
     y = y.astype(out_dtype)
     return y + p["bias"].astype(dtype).astype(out_dtype) if "bias" in p else y
 
