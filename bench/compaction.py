@@ -1,12 +1,18 @@
-"""The rollout engine's tail compaction, halving vs quartering, on the realistic RL workload, interleaved.
+"""Two rollout schedules side by side on the realistic RL workload, interleaved: the engine as it is and one rule
+patched back.
 
 Same prompts, seeds and shapes as `bench/rollout.py --workload realistic` (SmolLM2-135M, MATH500 prompts in
-the chat template, n=4, T=0.6, EOS on, <= 256 new tokens). Side "halve" is the engine as it is
-(`scheduler._compact_below`: the live rows move into half the slots once at most half are live); side
-"quarter" patches it to the rule before 2026-12 (into a quarter once at most a quarter are live). Prints
-the median wall time, useful tokens/s and slot utilisation of each; the samples must be equal.
+the chat template, n=4, T=0.6, EOS on, <= 256 new tokens). `--compare`:
+- `compaction`: side "halve" is the engine's tail compaction (`scheduler._compact_below`: the live rows
+  move into half the slots once at most half are live); side "quarter" the rule before 2026-12 (into a
+  quarter once at most a quarter are live);
+- `prefill`: side "parts" is the engine's refill, whose prompts of very different lengths are prefilled in
+  separate batches (`scheduler.prefill_parts`); side "one-batch" prefills them all in one batch padded to
+  the longest, as before 2026-12-03 (`scheduler.MAX_PREFILL_PARTS = 1`).
+Prints the median wall time, useful tokens/s and slot utilisation of each; the samples must be equal.
 
     python bench/compaction.py --prompts 8 --reps 2
+    python bench/compaction.py --compare prefill --prompts 8 --reps 2
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--compare", choices=("compaction", "prefill"), default="compaction")
     args = ap.parse_args()
     import transformers
 
@@ -53,13 +60,17 @@ def main() -> None:
     placed, sharder = rollout.data_parallel(params, cfg)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.6, n=args.n, stop_token_ids=[eos],
               sub_batch_size="auto", seed=0, sharder=sharder, progress=False)
-    halve = scheduler._compact_below
-    sides = {"halve": halve, "quarter": quarter_rule}
+    halve, parts = scheduler._compact_below, scheduler.MAX_PREFILL_PARTS
+    if args.compare == "compaction":
+        sides = {"halve": dict(_compact_below=halve), "quarter": dict(_compact_below=quarter_rule)}
+    else:
+        sides = {"parts": dict(MAX_PREFILL_PARTS=parts), "one-batch": dict(MAX_PREFILL_PARTS=1)}
     runs = {k: [] for k in sides}
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     for rep in range(args.reps + 1):  # round 0 compiles: not counted
         for name, rule in sides.items():
-            scheduler._compact_below = rule
+            for attr, value in rule.items():
+                setattr(scheduler, attr, value)
             stats = sampling.Stats()
             start = time.perf_counter()
             res = sampling.generate(placed, cfg, prompts, stats=stats, **kw)
@@ -67,14 +78,15 @@ def main() -> None:
             if rep:
                 runs[name].append((wall, res, stats))
             print(f"  {'warm-up' if not rep else f'rep {rep}'} {name}: {wall:.1f} s", flush=True)
-    scheduler._compact_below = halve
+    scheduler._compact_below, scheduler.MAX_PREFILL_PARTS = halve, parts
     for name, r in runs.items():
         secs = statistics.median(w for w, _, _ in r)
         res, stats = r[0][1], r[0][2]
         print(f"{name}: {secs:.2f} s, {int(res.response_lengths.sum()) / secs:.1f} useful tok/s, slot utilisation "
               f"{stats.utilisation():.0%} ({stats.segments} segments, {stats.compactions} compactions, "
               f"{stats.slot_steps} slot-steps)")
-    print(f"same samples: {runs['halve'][0][1].tokens == runs['quarter'][0][1].tokens}")
+    a, b = runs.values()
+    print(f"same samples: {a[0][1].tokens == b[0][1].tokens}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -150,6 +150,34 @@ def test_window_and_compaction_shapes(model):
     assert 0 < stats.utilisation() <= 1
 
 
+def test_prefill_parts():
+    # Lengths longest first -> batch sizes: the longest split off while that computes <= 75% of the positions.
+    parts = lambda lengths, shared=0, multiple=1: scheduler.prefill_parts(lengths, shared, multiple, 16)
+    assert parts([431, 142, 106, 79, 78, 71, 49, 45]) == [1, 2, 5]  # 512 + 2 x 192 + 8 x 96 = 1,664 of 8 x 512
+    assert parts([41] * 200, shared=28) == [200]  # all alike: one batch
+    assert parts([60, 41, 7, 6, 5, 4, 3, 3, 2]) == [2, 7]  # 2 x 64 + 8 x 16 = 256 of 16 x 64
+    assert parts([60, 7], multiple=2) == [2]  # two shards: 2 x 64 + 2 x 16 > 0.75 x 2 x 64
+    assert parts([5]) == [1]
+    assert parts([7, 5, 4, 3, 2]) == [5]  # one length bucket: never split for bucket-padding rows alone
+
+
+def test_prompts_of_very_different_lengths_prefill_apart(model, monkeypatch):
+    """The long prompts' prefill runs in a batch of its own; samples equal the full recomputation's."""
+    cfg, params = model
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(1, 97, size=k).tolist() for k in (3, 60, 5, 2, 44, 7, 4)]
+    shapes = []
+    real = engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda params, ids, *a, **kw: (shapes.append(ids.shape), real(params, ids, *a, **kw))[1])
+    out = sampling.generate(params, cfg, prompts, max_new_tokens=T, temperature=0.9, n=2, seed=6, progress=False,
+                            sub_batch_size=16)
+    assert shapes == [(2, 64), (8, 16)], shapes
+    tokens, logps = _static_reference(params, cfg, prompts, 2, T, 6, 0.9, ())
+    assert out.tokens == tokens
+    for got, want in zip(out.logprobs, logps):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_release_programs_then_generate_the_same(model):
     cfg, params = model
     prompts = [[5, 6, 7], [8, 9]]

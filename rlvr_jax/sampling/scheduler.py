@@ -9,7 +9,8 @@ The queue holds every sample `(prompt, sample index)` in prompt-major order. Eac
      reach within two segments (`buckets.bucket_length`);
   3. refill: the next pending samples take the free slots, their distinct prompts prefilled once (the
      prefix common to every prompt of the call, found once per call: `engine.shared_prefix`; each prompt's
-     own tokens padded to their own bucket, `prefill_length`);
+     own tokens padded to their own bucket, `prefill_length`; prompts of very different lengths in
+     separate batches, `prefill_parts`);
   4. run one decode segment (up to `steps` tokens; it returns early once `refill_at` slots are free).
 Shapes are bucketed (slots: powers of two times the mesh's batch shards; windows and prompt lengths:
 `2^k` or `3 * 2^k`), so a run compiles a handful of programs, cached across calls.
@@ -38,6 +39,10 @@ SEGMENT_STEPS = 32
 # 2- and 1-slot programs late in training). 8, not 4, since compaction halves: at 4 the demo's 8-slot
 # rollouts compacted into 4 slots and compiled a 4-slot program per window, for no faster steps.
 MIN_SLOTS_PER_SHARD = 8
+# A refill's prompts are prefilled in up to this many batches, each padded to its own longest prompt, when
+# that computes at most PREFILL_SPLIT_GAIN of the positions of one batch (`prefill_parts`).
+MAX_PREFILL_PARTS = 3
+PREFILL_SPLIT_GAIN = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +127,8 @@ def run(params, cfg, prompts, plan: Plan, sample: dict, *, sharder=None, progres
                                    small_dots=engine.small_dots(len(slot_row) // plan.multiple, platform))
             snap = to_host({k: state[k] for k in ("done", "fill", "count")})
             stats.segments += 1
-            steps_run = int(np.max(snap["fill"] - fill, initial=0))
+            # Live slots only: a free slot's device row is whatever `reshape` or the last sample left there.
+            steps_run = int(np.max((snap["fill"] - fill)[slot_row >= 0], initial=0))
             stats.decode_steps += steps_run
             stats.slot_steps += len(slot_row) * steps_run
             finished = (slot_row >= 0) & snap["done"]
@@ -225,8 +231,51 @@ def prefill_length(longest: int, shared: int, minimum: int) -> int:
 
 
 def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fill, take, shared: int, sharder):
-    """Prefills the distinct prompts of the samples `take` once and inserts each sample into a free slot."""
-    ids_m = sorted({r // plan.n for r in take})
+    """Prefills the distinct prompts of the samples `take` once and inserts each sample into a free slot.
+
+    Prompts of very different lengths are prefilled in separate batches (`prefill_parts`), so the short
+    ones are not padded to the longest.
+    """
+    ids = sorted({r // plan.n for r in take}, key=lambda i: (-len(prompts[i]), i))
+    parts = prefill_parts([len(prompts[i]) for i in ids], shared, plan.multiple, plan.min_prompt_bucket)
+    place = np.nonzero(slot_row < 0)[0][:len(take)]
+    slot_row, fill, a = slot_row.copy(), fill.copy(), 0
+    for size in parts:
+        part = set(ids[a:a + size])
+        a += size
+        mine = [j for j, r in enumerate(take) if r // plan.n in part]
+        state = _prefill_and_insert(params, cfg, state, prompts, plan, sample, sorted(part),
+                                    [take[j] for j in mine], place[mine], fill, len(slot_row),
+                                    shared, sharder)
+        slot_row[place[mine]] = [take[j] for j in mine]
+    return state, slot_row, fill
+
+
+def prefill_parts(lengths, shared: int, multiple: int, minimum: int) -> list[int]:
+    """Sizes of the prefill batches for prompts of `lengths` (longest first), each padded to its own length.
+
+    One batch pads every prompt to the longest (`prefill_length`) and runs `bucket_count(m)` rows. The
+    longest prompts are split off into a batch of their own while that computes at most `PREFILL_SPLIT_GAIN`
+    of the positions (at most `MAX_PREFILL_PARTS` batches): the realistic RL workload's one 431-token
+    MATH500 prompt padded seven prompts of 45-142 tokens to 512 positions.
+    """
+    p = lambda n: prefill_length(n, shared, minimum)
+    cost = lambda ls: buckets.bucket_count(len(ls), multiple=multiple) * p(ls[0])
+    rest, parts = list(lengths), []
+    while len(parts) < MAX_PREFILL_PARTS - 1:
+        # Only where the buckets differ: a split of one length saves bucket padding rows, not a batch's worth.
+        cuts = [k for k in range(1, len(rest)) if p(rest[k]) < p(rest[0])]
+        split = min(cuts, key=lambda k: (cost(rest[:k]) + cost(rest[k:]), k), default=0)
+        if not split or cost(rest[:split]) + cost(rest[split:]) > PREFILL_SPLIT_GAIN * cost(rest):
+            break
+        parts.append(split)
+        rest = rest[split:]
+    return parts + [len(rest)]
+
+
+def _prefill_and_insert(params, cfg, state, prompts, plan: Plan, sample: dict, ids_m, take, free, fill, slots: int,
+                        shared: int, sharder):
+    """Prefills prompts `ids_m` once and inserts sample `take[j]` (one of theirs) into slot `free[j]`; sets `fill`."""
     m = buckets.bucket_count(len(ids_m), multiple=plan.multiple)
     p = prefill_length(max(len(prompts[i]) for i in ids_m), shared, plan.min_prompt_bucket)
     ids_mp = np.zeros((m, p), np.int32)
@@ -237,16 +286,11 @@ def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fil
     prefix, logits_mv = engine.prefill(params, ids_dev, len_m, cfg=cfg, cache_dtype=plan.cache_dtype,
                                        sharder=sharder, shared=shared)
     r = buckets.bucket_count(len(take))
-    free = np.nonzero(slot_row < 0)[0][:len(take)]
-    slot_r = np.full(r, len(slot_row), np.int32)  # padding entries point past the last slot: dropped
+    slot_r = np.full(r, slots, np.int32)  # padding entries point past the last slot: dropped
     src_r, row_r = np.zeros(r, np.int32), np.zeros(r, np.int32)
     where = {i: j for j, i in enumerate(ids_m)}
     slot_r[:len(take)], row_r[:len(take)] = free, take
     src_r[:len(take)] = [where[x // plan.n] for x in take]
-    state = engine.insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, *_traced(sample),
-                          controls=sample["controls"], sharder=sharder)
-    slot_row = slot_row.copy()
-    slot_row[free] = take
-    fill = fill.copy()
     fill[free] = len_m[src_r[:len(take)]]
-    return state, slot_row, fill
+    return engine.insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, *_traced(sample),
+                         controls=sample["controls"], sharder=sharder)
