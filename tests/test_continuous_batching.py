@@ -178,6 +178,21 @@ def test_prompts_of_very_different_lengths_prefill_apart(model, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_schedule_counters_count_live_slots_only(model):
+    # After a compaction the free slots' device rows are copies (their `fill` is not the host's 0): the segment
+    # after it must not count their positions as decode steps. No segment runs more than max_new_tokens - 1
+    # steps (each sample's first token comes from the prefill).
+    cfg, params = model
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, 97, size=k).tolist() for k in (60, 3, 5, 2, 7, 41, 4, 6, 3)]
+    stats = sampling.Stats()
+    sampling.generate(params, cfg, prompts, max_new_tokens=12, temperature=1.0, n=2, seed=3,
+                      stop_token_ids=(7, 11, 13, 19), sub_batch_size=16, progress=False, stats=stats)
+    assert stats.compactions >= 1, stats
+    assert stats.decode_steps <= stats.segments * 11, stats
+    assert stats.slot_steps >= stats.tokens - stats.samples, stats
+
+
 def test_release_programs_then_generate_the_same(model):
     cfg, params = model
     prompts = [[5, 6, 7], [8, 9]]
