@@ -56,6 +56,22 @@ def _static_reference(params, cfg, prompts, n, t, seed, temperature, stop_ids):
     return tokens, logps
 
 
+def _record_prefills(monkeypatch, record):
+    """Wraps `engine.prefill` so each call appends `record(ids, kwargs)` to the returned list."""
+    seen, real = [], engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda params, ids, *a, **kw: (seen.append(record(ids, kw)),
+                                                                          real(params, ids, *a, **kw))[1])
+    return seen
+
+
+def _assert_static_samples(out, params, cfg, prompts, n, seed, temperature):
+    """`out` (T new tokens, no stop ids) holds the static full-recomputation sampler's tokens and log-probs."""
+    tokens, logps = _static_reference(params, cfg, prompts, n, T, seed, temperature, ())
+    assert out.tokens == tokens
+    for got, want in zip(out.logprobs, logps):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_continuous_equals_static_reference(model, prompts):
     cfg, params = model
     kw = dict(max_new_tokens=T, temperature=0.8, n=3, seed=5)
@@ -166,16 +182,11 @@ def test_prompts_of_very_different_lengths_prefill_apart(model, monkeypatch):
     cfg, params = model
     rng = np.random.default_rng(5)
     prompts = [rng.integers(1, 97, size=k).tolist() for k in (3, 60, 5, 2, 44, 7, 4)]
-    shapes = []
-    real = engine.prefill
-    monkeypatch.setattr(engine, "prefill", lambda params, ids, *a, **kw: (shapes.append(ids.shape), real(params, ids, *a, **kw))[1])
+    shapes = _record_prefills(monkeypatch, lambda ids, kw: ids.shape)
     out = sampling.generate(params, cfg, prompts, max_new_tokens=T, temperature=0.9, n=2, seed=6, progress=False,
                             sub_batch_size=16)
     assert shapes == [(2, 64), (8, 16)], shapes
-    tokens, logps = _static_reference(params, cfg, prompts, 2, T, 6, 0.9, ())
-    assert out.tokens == tokens
-    for got, want in zip(out.logprobs, logps):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _assert_static_samples(out, params, cfg, prompts, 2, 6, 0.9)
 
 
 def test_schedule_counters_count_live_slots_only(model):
@@ -271,17 +282,11 @@ def test_generate_with_a_shared_system_prompt_equals_the_static_reference(model,
     system = rng.integers(1, 97, size=system_len).tolist()
     prompts = [system + rng.integers(1, 97, size=k).tolist() for k in (3, 7, 1, 5)]
     assert engine.shared_prefix(prompts) == shared  # the engine's own multiple: the prefix path runs
-    seen = []
-    real = engine.prefill
-    monkeypatch.setattr(engine, "prefill", lambda params, ids, *a, **kw: (seen.append((ids.shape[1], kw["shared"])),
-                                                                          real(params, ids, *a, **kw))[1])
+    seen = _record_prefills(monkeypatch, lambda ids, kw: (ids.shape[1], kw["shared"]))
     out = sampling.generate(params, cfg, prompts, max_new_tokens=T, temperature=0.8, n=2, seed=9, progress=False,
                             sub_batch_size=4)
     assert {s for _, s in seen} == {shared} and (p, shared) in seen  # a refill of shorter prompts: shorter p
-    tokens, logps = _static_reference(params, cfg, prompts, 2, T, 9, 0.8, ())
-    assert out.tokens == tokens
-    for got, want in zip(out.logprobs, logps):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _assert_static_samples(out, params, cfg, prompts, 2, 9, 0.8)
 
 
 def test_shared_prefix_on_a_mesh_equals_unsharded(model):
