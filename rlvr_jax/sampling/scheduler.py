@@ -245,9 +245,9 @@ def _refill(params, cfg, state, prompts, plan: Plan, sample: dict, slot_row, fil
         a += size
         mine = [j for j, r in enumerate(take) if r // plan.n in part]
         state = _prefill_and_insert(params, cfg, state, prompts, plan, sample, sorted(part),
-                                    [take[j] for j in mine], place[mine], fill, len(slot_row),
-                                    shared, sharder)
+                                    [take[j] for j in mine], place[mine], len(slot_row), shared, sharder)
         slot_row[place[mine]] = [take[j] for j in mine]
+        fill[place[mine]] = [len(prompts[take[j] // plan.n]) for j in mine]
     return state, slot_row, fill
 
 
@@ -259,23 +259,23 @@ def prefill_parts(lengths, shared: int, multiple: int, minimum: int) -> list[int
     of the positions (at most `MAX_PREFILL_PARTS` batches): the realistic RL workload's one 431-token
     MATH500 prompt padded seven prompts of 45-142 tokens to 512 positions.
     """
-    p = lambda n: prefill_length(n, shared, minimum)
-    cost = lambda ls: buckets.bucket_count(len(ls), multiple=multiple) * p(ls[0])
-    rest, parts = list(lengths), []
+    p = [prefill_length(n, shared, minimum) for n in lengths]
+    cost = lambda a, z: buckets.bucket_count(z - a, multiple=multiple) * p[a]  # prompts a..z-1, longest first
+    start, parts = 0, []
     while len(parts) < MAX_PREFILL_PARTS - 1:
         # Only where the buckets differ: a split of one length saves bucket padding rows, not a batch's worth.
-        cuts = [k for k in range(1, len(rest)) if p(rest[k]) < p(rest[0])]
-        split = min(cuts, key=lambda k: (cost(rest[:k]) + cost(rest[k:]), k), default=0)
-        if not split or cost(rest[:split]) + cost(rest[split:]) > PREFILL_SPLIT_GAIN * cost(rest):
+        cuts = [k for k in range(start + 1, len(p)) if p[k] < p[start]]
+        split = min(cuts, key=lambda k: (cost(start, k) + cost(k, len(p)), k), default=0)
+        if not split or cost(start, split) + cost(split, len(p)) > PREFILL_SPLIT_GAIN * cost(start, len(p)):
             break
-        parts.append(split)
-        rest = rest[split:]
-    return parts + [len(rest)]
+        parts.append(split - start)
+        start = split
+    return parts + [len(p) - start]
 
 
-def _prefill_and_insert(params, cfg, state, prompts, plan: Plan, sample: dict, ids_m, take, free, fill, slots: int,
+def _prefill_and_insert(params, cfg, state, prompts, plan: Plan, sample: dict, ids_m, take, free, slots: int,
                         shared: int, sharder):
-    """Prefills prompts `ids_m` once and inserts sample `take[j]` (one of theirs) into slot `free[j]`; sets `fill`."""
+    """Prefills prompts `ids_m` once and inserts sample `take[j]` (one of theirs) into slot `free[j]`."""
     m = buckets.bucket_count(len(ids_m), multiple=plan.multiple)
     p = prefill_length(max(len(prompts[i]) for i in ids_m), shared, plan.min_prompt_bucket)
     ids_mp = np.zeros((m, p), np.int32)
@@ -291,6 +291,5 @@ def _prefill_and_insert(params, cfg, state, prompts, plan: Plan, sample: dict, i
     where = {i: j for j, i in enumerate(ids_m)}
     slot_r[:len(take)], row_r[:len(take)] = free, take
     src_r[:len(take)] = [where[x // plan.n] for x in take]
-    fill[free] = len_m[src_r[:len(take)]]
     return engine.insert(state, prefix, logits_mv, len_m, slot_r, src_r, row_r, *_traced(sample),
                          controls=sample["controls"], sharder=sharder)
