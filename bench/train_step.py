@@ -231,7 +231,7 @@ def main():
     padded = batch["attention_mask"].size
     plan = packing.plan_packing(batch["input_ids"], batch["attention_mask"], args.response_len,
                                 max_tokens_per_micro_batch=args.max_tokens, row_multiple=packing.batch_shards(sharder),
-                                share_prompts=not args.no_share)
+                                share_prompts=not args.no_share, costs=packing.pass_costs(cfg))
     print(f"device {jax.devices()[0].device_kind} x {len(jax.devices())} ({backend}), "
           f"{sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M params, {cfg.num_layers} layers, vocab "
           f"{cfg.vocab_size}, dtype {dtype}, remat {cfg.remat}; batch {args.batch} x ({args.prompt_len} + "

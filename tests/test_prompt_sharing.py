@@ -12,6 +12,7 @@ import pytest
 
 from rlvr_jax import sharding as shd
 from rlvr_jax import training as tr
+from rlvr_jax.models import ModelConfig
 from rlvr_jax.training import packing
 from tests.test_packing import _assert_same_update, _run
 from tests.test_training_step import CFG, P, R, TEMP, params  # noqa: F401
@@ -64,6 +65,32 @@ def test_plan_lays_each_prompt_once_and_rebuilds_every_sequence():
                 assert len(set(seg[own])) == 1
                 assert parent[own[0]] in (0, seg[prompt_at[0]]) and (parent[own[0]] or seg[own[0]] == seg[prompt_at[0]])
     assert seen == set(range(12))
+
+
+def test_plan_weighs_row_lengths_by_their_cost():
+    """A GRPO group of 8 (a 60-token prompt, 202 response tokens; longest sequence 119): the family fits
+    one row of 384 but not the shortest row that holds any sequence (256, the budget's minimum)."""
+    pl, rl, resp = 64, 64, [14, 30, 18, 9, 23, 59, 41, 8]
+    ids = np.zeros((8, pl + rl), np.int32)
+    attn = np.zeros_like(ids)
+    ids[:, 4:pl], attn[:, 4:pl] = np.arange(1, 61), 1
+    for i, k in enumerate(resp):
+        ids[i, pl:pl + k], attn[i, pl:pl + k] = 100 + i, 1
+    plan = lambda costs: packing.plan_packing(ids, attn, rl, max_tokens_per_micro_batch=4096,  # noqa: E731
+                                              share_prompts=True, costs=costs)
+    # Token slots only: one row of 384 (one prompt copy; 202 logit positions, bucketed to 256) beats two of
+    # 256, each with its own prompt copy (512 slots).
+    lean = plan((1.0, 0.0, 0.0))
+    assert lean.tokens.shape == (1, 1, 1, 384) and lean.real_tokens == 262 and lean.logit_index.shape[-1] == 256
+    # Attention dominant: the shorter rows, the family split first-fit-decreasing (194 + 8 response tokens).
+    heavy = plan((1.0, 1.0, 0.0))
+    assert heavy.tokens.shape == (2, 1, 1, 256) and heavy.real_tokens == 2 * 60 + 202
+    # The logit positions dominant: one row needs 256 of them, two rows 2 x 256 (the longer row's 194, bucketed).
+    assert plan((0.0, 0.0, 1.0)).tokens.shape[-1] == 384
+    # SmolLM2-135M's costs (the CPU demo's model) choose the one row.
+    smollm2 = ModelConfig(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                          num_kv_heads=3, head_dim=64)
+    assert plan(packing.pass_costs(smollm2)).tokens.shape == (1, 1, 1, 384)
 
 
 def test_shared_mask_sees_prompt_and_self_only():

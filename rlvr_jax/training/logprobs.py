@@ -64,7 +64,7 @@ def logprobs_from_hidden(
         `w_spec="vd"`, `[v, d]` (a tied embedding as stored: `transformer.lm_head`).
       targets_br: `[b, R]` int token ids.
       temperature: the rollout temperature (logits are divided by it in float32).
-      chunk: response positions per logits block.
+      chunk: at most this many response positions per logits block.
       with_entropy: also return per-token entropy of the tempered distribution.
       sharder: optional; shards each logits block along the vocabulary.
 
@@ -72,9 +72,9 @@ def logprobs_from_hidden(
       `(logp_br, entropy_br)` float32; `entropy_br` is None unless `with_entropy`.
     """
     b, r, d = h_brd.shape
-    c = max(1, min(chunk, r))
-    n = math.ceil(r / c)
-    pad = n * c - r  # pad R to whole chunks; padded outputs are sliced off below
+    n = max(1, math.ceil(r / max(1, chunk)))
+    c = max(1, math.ceil(r / n))  # n blocks of <= chunk positions, as even as can be: R = 768, chunk 512 -> 2 x 384
+    pad = n * c - r  # pad R to whole blocks; padded outputs are sliced off below
     h = jnp.pad(h_brd, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, d).swapaxes(0, 1)
     y = jnp.pad(targets_br.astype(jnp.int32), ((0, 0), (0, pad))).reshape(b, n, c).swapaxes(0, 1)
     inv_temp = 1.0 / temperature

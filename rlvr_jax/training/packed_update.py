@@ -97,8 +97,10 @@ def _finish(steps: list[dict], batch: dict, rng, ppo_epochs: int):
     return metrics, jax.random.split(rng)[0]
 
 
-def build_packed_update(loss_fn, keys, ucfg, opt_cfg, sharder, logical_axes):
-    """`update(state, batch)` that plans packed rows on the host, then steps through the programs above."""
+def build_packed_update(loss_fn, keys, ucfg, opt_cfg, sharder, logical_axes, costs=None):
+    """`update(state, batch)` that plans packed rows on the host, then steps through the programs above.
+
+    `costs`: the model's `packing.pass_costs`, which the plan weighs row lengths by."""
     tx, schedule = make_optimizer(opt_cfg), make_schedule(opt_cfg)
     programs, ratchet = {}, packing.ShapeRatchet()
 
@@ -133,7 +135,7 @@ def build_packed_update(loss_fn, keys, ucfg, opt_cfg, sharder, logical_axes):
         plan = packing.plan_packing(
             ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
             max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
-            share_prompts=ucfg.share_prompts)
+            share_prompts=ucfg.share_prompts, costs=costs)
         plan = ratchet(plan)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         key = (b, plan.tokens.shape[0])

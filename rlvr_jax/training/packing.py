@@ -128,22 +128,49 @@ def _bucket(n: int) -> int:
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
 
 
-def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int, bins: int | None = None):
+def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int, bins: int | None = None,
+               row_len: int | None = None):
     """`(row_len, rows per micro-batch)` for a batch whose longest sequence has `longest` tokens.
 
     The budget is per device (like verl's `ppo_max_token_len_per_gpu`): a micro-batch has `row_multiple`
     (the batch-sharding device count) times at most `max(1, budget // row_len)` rows, and no more than
-    the bucketed rows `bins` filled rows need. `row_len` is the power of two >= `longest`, and at
-    least `MIN_ROW_LEN` when the budget allows; a sequence longer than the budget still gets one row
-    per device (the budget is then exceeded, never the sequence cut).
+    the bucketed rows `bins` filled rows need. `row_len` (unless given: `row_candidates`' first) is the
+    smallest bucket (`_bucket`) >= `longest`, and at least `MIN_ROW_LEN` when the budget allows; a
+    sequence longer than the budget still gets one row per device (the budget is then exceeded, never
+    the sequence cut).
     """
     if max_tokens_per_micro_batch < 1 or row_multiple < 1:
         raise ValueError("max_tokens_per_micro_batch and row_multiple must be >= 1")
-    row_len = max(_pow2(longest), min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2))
+    row_len = row_len or row_candidates(longest, max_tokens_per_micro_batch)[0]
     per_device = max(1, max_tokens_per_micro_batch // row_len)
     if bins is not None:
         per_device = min(per_device, _bucket(math.ceil(bins / row_multiple)))
     return row_len, per_device * row_multiple
+
+
+def row_candidates(longest: int, max_tokens_per_micro_batch: int, upto: int | None = None) -> list[int]:
+    """Row lengths a plan may choose: buckets from the shortest that holds `longest` (and `MIN_ROW_LEN`
+    when the budget allows) up to the budget, and no longer than the first that holds `upto` tokens."""
+    floor = min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2)
+    out = [_bucket(max(longest, floor, 1))]
+    while out[-1] < max_tokens_per_micro_batch and out[-1] < (upto or 0):
+        out.append(_bucket(out[-1] + 1))
+    return [c for c in out if c <= max_tokens_per_micro_batch] or out[:1]
+
+
+# The dense masked attention's FLOPs (scores, mask, softmax over `[heads, t, t]` and their backward)
+# take ~2.5x the time of the matmuls' per FLOP (SmolLM2-135M update, float32 on CPU: one row of 768
+# against three of 256, the same token slots, 9.0 vs 7.0 s), so `pass_costs` weighs them so.
+ATTENTION_COST = 2.5
+
+
+def pass_costs(cfg: ModelConfig) -> tuple[float, float, float]:
+    """Relative cost of a packed pass per token slot (the layers' matmul FLOPs), per token slot and row
+    position (the dense attention's, times `ATTENTION_COST`) and per projected logit position (the lm
+    head's): what `plan_packing` weighs row layouts by."""
+    d, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    qd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return 2.0 * l * (2 * d * qd + 2 * d * kd + 3 * d * f), ATTENTION_COST * 4.0 * l * qd, 2.0 * d * cfg.vocab_size
 
 
 def _units(ids, mask, p: int, rows_g, row_len: int, share: bool) -> list[tuple[int, list[int]]]:
@@ -169,7 +196,7 @@ def _units(ids, mask, p: int, rows_g, row_len: int, share: bool) -> list[tuple[i
 
 def plan_packing(
     input_ids, attention_mask, response_len: int, *, groups=None, max_tokens_per_micro_batch: int,
-    row_multiple: int = 1, share_prompts: bool = False,
+    row_multiple: int = 1, share_prompts: bool = False, costs: tuple[float, float, float] | None = None,
 ) -> PackedPlan:
     """Packs the sequences of a padded batch into token-budget micro-batches (host, deterministic).
 
@@ -184,6 +211,8 @@ def plan_packing(
         response is its own segment whose parent is the prompt's (`transformer.segment_attention_mask`),
         so it sees the prompt and itself, at the positions it has in its own sequence. A family longer
         than a row is split first-fit-decreasing, one prompt copy per part.
+      costs: `pass_costs(cfg)` of the model: the row length is the candidate (`row_candidates`) whose
+        layout computes the fewest FLOPs. Default: token slots only.
 
     Raises:
       ValueError: a sequence with response tokens but no real prompt token (nothing predicts its first
@@ -200,16 +229,30 @@ def plan_packing(
     groups = [np.arange(b)] if groups is None else [np.asarray(g) for g in groups]
     lengths, resp_lengths = mask.sum(axis=1), mask[:, p:].sum(axis=1)
     unit_len = lambda u: int(mask[u[0], :p].sum() + resp_lengths[u[1]].sum())  # noqa: E731
-    # Rows are sized by the longest sequence either way (sharing never lengthens them: a row's attention
-    # is t^2, and a new row length would be a new program); a family longer than a row is split.
-    row_len, _ = row_layout(int(lengths.max(initial=1)), max_tokens_per_micro_batch, row_multiple)
-    units = [_units(ids, mask, p, g, row_len, share_prompts) for g in groups]
-    bins = [[[ug[k] for k in bin_] for bin_ in first_fit_decreasing([unit_len(u) for u in ug], row_len)]
-            for ug in units]
-    _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins))
-    m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
-    s = _pow2(max([sum(len(u[1]) for u in bin_) for bg in bins for bin_ in bg] or [1]))
-    q = _pow2(max([sum(int(resp_lengths[u[1]].sum()) for u in bin_) for bg in bins for bin_ in bg] or [1]))
+    costs = costs or (1.0, 0.0, 0.0)
+
+    def layout(row_len: int):
+        """Units, bins, rows per micro-batch, `(M, S, Q)` and the modelled cost of rows of `row_len`."""
+        units = [_units(ids, mask, p, g, row_len, share_prompts) for g in groups]
+        bins = [[[ug[k] for k in bin_] for bin_ in first_fit_decreasing([unit_len(u) for u in ug], row_len)]
+                for ug in units]
+        _, rows = row_layout(row_len, max_tokens_per_micro_batch, row_multiple, bins=max(len(bg) for bg in bins),
+                             row_len=row_len)
+        used = sum(math.ceil(len(bg) / rows) for bg in bins)  # micro-batches that run (the rest are skipped)
+        m = _pow2(max(1, max(math.ceil(len(bg) / rows) for bg in bins)))
+        s = _pow2(max([sum(len(u[1]) for u in bin_) for bg in bins for bin_ in bg] or [1]))
+        q = _bucket(max([sum(int(resp_lengths[u[1]].sum()) for u in bin_) for bg in bins for bin_ in bg] or [1]))
+        token, key, logit = costs
+        cost = used * rows * (row_len * (token + key * row_len) + q * logit)
+        return cost, row_len, units, bins, rows, (m, s, q)
+
+    # Every bucketed row length from the shortest that holds the longest sequence up to one that holds a
+    # whole group is weighed by the FLOPs it would compute (token slots, t^2 attention, logit positions):
+    # shared prompts make a group's family longer than any one sequence, and one longer row often holds it
+    # in fewer slots than several short rows that each repeat the prompt. Ties keep the shorter rows.
+    upto = max(sum(unit_len(u) for u in _units(ids, mask, p, g, 1 << 62, share_prompts)) for g in groups)
+    candidates = row_candidates(int(lengths.max(initial=1)), max_tokens_per_micro_batch, upto)
+    _, row_len, units, bins, rows, (m, s, q) = min((layout(c) for c in candidates), key=lambda x: (x[0], x[1]))
     shape = (rows, len(groups), m)
     out = {k: np.zeros(shape + (row_len,), np.int32) for k in ("tokens", "positions", "segment_ids", "parent_ids")}
     logit_index = np.zeros(shape + (q,), np.int32)
@@ -364,7 +407,7 @@ def compute_logprobs_packed(
     ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
     r = batch["response_mask"].shape[1]
     plan = plan_packing(ids, attn, r, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-                        row_multiple=batch_shards(sharder), share_prompts=share_prompts)
+                        row_multiple=batch_shards(sharder), share_prompts=share_prompts, costs=pass_costs(cfg))
     plan = ratchet(plan) if ratchet is not None else plan
     fn = _packed_logprob_program(cfg, float(temperature), int(chunk), bool(with_entropy), sharder)
     return fn(params, put_plan(plan, sharder), jnp.asarray(batch["response_mask"]))

@@ -387,10 +387,10 @@ def make_update_fn(
         keys = tuple(k for k in keys if k != "old_logp")
     loss_fn = make_actor_loss_fn(cfg, update_cfg, sharder)
     if update_cfg.max_tokens_per_micro_batch:
-        from rlvr_jax.training import packed_update  # it builds on this module's pieces
+        from rlvr_jax.training import packed_update, packing  # they build on this module's pieces
 
         return packed_update.build_packed_update(loss_fn, keys, update_cfg, opt_cfg, sharder,
-                                                 transformer.param_logical_axes(cfg))
+                                                 transformer.param_logical_axes(cfg), packing.pass_costs(cfg))
     return _build_update(loss_fn, keys, update_cfg, opt_cfg, sharder, transformer.param_logical_axes(cfg))
 
 
