@@ -42,10 +42,12 @@ def test_plan_rebuilds_every_sequence_and_respects_the_budget():
                                 row_multiple=2)
     rows, g, m, t = plan.tokens.shape
     assert rows % 2 == 0 and rows * t <= 2 * 64 and t >= P + R and g == 1 and m & (m - 1) == 0
-    assert packing.row_layout(300, 8192, 4) == (384, 84) and packing.row_layout(20, 100, 2) == (64, 2)
-    assert packing.row_layout(300, 8192, 4, bins=9) == (384, 12)  # 3 rows per device (bucketed), not 21
-    assert packing.row_candidates(300, 8192, upto=1000) == [384, 512, 768, 1024]
-    assert packing.row_candidates(300, 600, upto=5000) == [384, 512] and packing.row_candidates(900, 600) == [1024]
+    assert packing.row_layout(300, 8192, 4) == (320, 100) and packing.row_layout(20, 100, 2) == (64, 2)
+    assert packing.row_layout(300, 8192, 4, bins=9) == (320, 12)  # 3 rows per device (bucketed), not 25
+    assert [packing._row_bucket(n) for n in (3, 9, 100, 256, 257, 300, 385, 513)] == [4, 10, 112, 256, 320, 320, 448, 640]
+    assert packing.row_candidates(300, 8192, upto=500) == [320, 384, 448, 512]
+    assert packing.row_candidates(300, 8192, upto=5000) == [320, 384, 448, 512, 640]  # at most twice the shortest
+    assert packing.row_candidates(300, 400, upto=5000) == [320, 384] and packing.row_candidates(900, 600) == [1024]
     assert [packing._bucket(n) for n in (1, 2, 3, 5, 7, 9, 13, 17)] == [1, 2, 3, 6, 8, 12, 16, 24]
     seen = set()
     for at in np.ndindex(rows, g, m):

@@ -67,30 +67,41 @@ def test_plan_lays_each_prompt_once_and_rebuilds_every_sequence():
     assert seen == set(range(12))
 
 
-def test_plan_weighs_row_lengths_by_their_cost():
-    """A GRPO group of 8 (a 60-token prompt, 202 response tokens; longest sequence 119): the family fits
-    one row of 384 but not the shortest row that holds any sequence (256, the budget's minimum)."""
-    pl, rl, resp = 64, 64, [14, 30, 18, 9, 23, 59, 41, 8]
-    ids = np.zeros((8, pl + rl), np.int32)
+def _family(prompt: int, responses: list[int], pl: int = 64, rl: int = 64):
+    """One GRPO group: `len(responses)` sequences with the same `prompt`-token prompt."""
+    ids = np.zeros((len(responses), pl + rl), np.int32)
     attn = np.zeros_like(ids)
-    ids[:, 4:pl], attn[:, 4:pl] = np.arange(1, 61), 1
-    for i, k in enumerate(resp):
+    ids[:, pl - prompt:pl], attn[:, pl - prompt:pl] = np.arange(1, prompt + 1), 1
+    for i, k in enumerate(responses):
         ids[i, pl:pl + k], attn[i, pl:pl + k] = 100 + i, 1
-    plan = lambda costs: packing.plan_packing(ids, attn, rl, max_tokens_per_micro_batch=4096,  # noqa: E731
-                                              share_prompts=True, costs=costs)
-    # Token slots only: one row of 384 (one prompt copy; 202 logit positions, bucketed to 256) beats two of
-    # 256, each with its own prompt copy (512 slots).
-    lean = plan((1.0, 0.0, 0.0))
-    assert lean.tokens.shape == (1, 1, 1, 384) and lean.real_tokens == 262 and lean.logit_index.shape[-1] == 256
-    # Attention dominant: the shorter rows, the family split first-fit-decreasing (194 + 8 response tokens).
-    heavy = plan((1.0, 1.0, 0.0))
-    assert heavy.tokens.shape == (2, 1, 1, 256) and heavy.real_tokens == 2 * 60 + 202
-    # The logit positions dominant: one row needs 256 of them, two rows 2 x 256 (the longer row's 194, bucketed).
-    assert plan((0.0, 0.0, 1.0)).tokens.shape[-1] == 384
-    # SmolLM2-135M's costs (the CPU demo's model) choose the one row.
-    smollm2 = ModelConfig(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
-                          num_kv_heads=3, head_dim=64)
-    assert plan(packing.pass_costs(smollm2)).tokens.shape == (1, 1, 1, 384)
+    return ids, attn
+
+
+def test_plan_weighs_row_lengths_by_their_cost():
+    smollm2 = ModelConfig(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64)
+    plan = lambda fam, budget=4096, **kw: packing.plan_packing(*fam, 64, max_tokens_per_micro_batch=budget,  # noqa: E731
+                                                                share_prompts=True, **kw)
+    # A long-tailed group (60-token prompt, 202 response tokens; longest sequence 119): the family fits one
+    # row of 320 (256 logit positions), where rows of 256 (the shortest allowed) need two, each with its own
+    # prompt copy.
+    tail = _family(60, [14, 30, 18, 9, 23, 59, 41, 8])
+    one = plan(tail, costs=packing.pass_costs(smollm2))
+    assert one.tokens.shape == (1, 1, 1, 320) and one.real_tokens == 262 and one.logit_index.shape[-1] == 256
+    two = plan(tail, budget=256, costs=packing.pass_costs(smollm2))  # the budget allows rows of 256 only
+    assert two.tokens.shape == (1, 1, 2, 256) and two.real_tokens == 2 * 60 + 202  # two micro-batches of one row
+    # Every response at the cap (41 + 8 x 64 tokens): rows of 320 hold 4 responses each (640 slots), rows of
+    # 256 hold 3 (768 slots): token slots alone choose 320, an attention-heavy cost the shorter rows.
+    capped = _family(41, [64] * 8)
+    assert plan(capped, costs=(1.0, 0.0, 0.0)).tokens.shape == (2, 1, 1, 320)
+    assert plan(capped, costs=(1.0, 1.0, 0.0)).tokens.shape == (3, 1, 1, 256)
+    # SmolLM2's costs choose 320 (~13% cheaper), unless rows of 256 are compiled already and 320 are not.
+    assert plan(capped, costs=packing.pass_costs(smollm2)).tokens.shape == (2, 1, 1, 320)
+    known = plan(capped, costs=packing.pass_costs(smollm2), known_shapes={(3, 256)})
+    assert known.tokens.shape == (3, 1, 1, 256)
+    ratchet = packing.ShapeRatchet()
+    ratchet(known)
+    assert ratchet.shapes == {(3, 256)}
 
 
 def test_shared_mask_sees_prompt_and_self_only():

@@ -66,23 +66,32 @@ def memory_plan(config) -> dict:
     plan["kv cache (one rollout sub-batch)"] = (
         2 * cfg.num_layers * math.ceil(sub / batch_shards) * length * cfg.num_kv_heads * cfg.head_dim * cache_item)
     # Rows x row length of one micro-batch on one device: padded rows of the full length, or packed rows
-    # of the token budget (the plan's worst case: the longest possible sequence sets the row length).
+    # of the token budget (the plan's worst case: the longest possible sequence sets the shortest row
+    # length, and the plan may choose rows up to twice as long: `packing.row_candidates`).
     if config.actor.packing:
-        from rlvr_jax.training.packing import row_layout
+        from rlvr_jax.training.packing import row_candidates, row_layout
 
-        length, micro = row_layout(length, config.actor.max_tokens_per_micro_batch, 1)
+        budget, n = config.actor.max_tokens_per_micro_batch, config.rollout.n
+        group = (config.data.max_prompt_len + n * config.rollout.max_new_tokens if config.actor.share_prompts
+                 else n * length)
+        shapes = [row_layout(length, budget, 1, row_len=c) for c in row_candidates(length, budget, upto=group)]
     else:
-        micro = math.ceil(config.actor.micro_batch_size / batch_shards)
+        shapes = [(length, math.ceil(config.actor.micro_batch_size / batch_shards))]
     # Matmul outputs and the residual stream are in `residual_dtype`, matmul inputs in `dtype`: the plan
     # counts every activation at the wider of the two.
     act_item = max(np.dtype(jax.numpy.dtype(cfg.dtype)).itemsize, np.dtype(jax.numpy.dtype(cfg.residual_dtype)).itemsize)
-    # With per-layer remat only each layer's input (the residual stream) is saved; one layer's internals
-    # are live at a time.
-    saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
-    layer = micro * length * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * act_item
-    if cfg.attention_impl == "xla":  # einsum attention materialises [heads, t, t] scores in float32
-        layer += micro * cfg.num_heads * length * length * 4
-    plan["activations (one micro-batch, remat)"] = saved + layer if cfg.remat != "none" else cfg.num_layers * layer
+
+    def activations(length: int, micro: int) -> int:
+        # With per-layer remat only each layer's input (the residual stream) is saved; one layer's internals
+        # are live at a time.
+        saved = cfg.num_layers * micro * length * cfg.hidden_size * act_item
+        layer = micro * length * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * act_item
+        if cfg.attention_impl == "xla":  # einsum attention materialises [heads, t, t] scores in float32
+            layer += micro * cfg.num_heads * length * length * 4
+        return saved + layer if cfg.remat != "none" else cfg.num_layers * layer
+
+    plan["activations (one micro-batch, remat)"] = max(activations(*shape) for shape in shapes)
+    micro = max(m for _, m in shapes)
     plan["logits block (float32, fwd+bwd)"] = 2 * micro * config.actor.logprob_chunk * cfg.vocab_size * 4
     # Rollout buffers and update buffers are never live together: the peak is the larger phase.
     resident = plan["params (master)"] + plan["adamw moments"] + plan["reference params"]

@@ -135,7 +135,7 @@ def build_packed_update(loss_fn, keys, ucfg, opt_cfg, sharder, logical_axes, cos
         plan = packing.plan_packing(
             ids, attn, r, groups=[np.arange(g, b, n_mini) for g in range(n_mini)],
             max_tokens_per_micro_batch=ucfg.max_tokens_per_micro_batch, row_multiple=packing.batch_shards(sharder),
-            share_prompts=ucfg.share_prompts, costs=costs)
+            share_prompts=ucfg.share_prompts, costs=costs, known_shapes=ratchet.shapes)
         plan = ratchet(plan)
         batch = {k: jnp.asarray(batch[k]) for k in keys}
         key = (b, plan.tokens.shape[0])

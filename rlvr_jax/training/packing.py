@@ -14,14 +14,16 @@ prompt's as parent (it attends to the prompt and to itself), RoPE positions cont
 and its first token predicted from the prompt's last position. On RL batches, where a prompt is often as
 long as a response, that computes about half the tokens.
 
-Shapes are bucketed so a run compiles a handful of programs: `row_len` is a power of two (>= the
-longest sequence), sequence slots per row `S` and micro-batches per group `M` are powers of two.
+Shapes are bucketed so a run compiles a handful of programs: `row_len` and the logit positions per row
+`Q` are buckets (`_bucket`: powers of two and 1.5x them), sequence slots per row `S` and micro-batches
+per group `M` powers of two. Of the row lengths that hold the longest sequence (up to one that holds a
+whole group), the plan keeps the layout with the lowest modelled cost (`pass_costs`).
 Micro-batches past the last real one are skipped at run time (`lax.cond`), so the bucket costs nothing.
 
 Plan arrays (host NumPy) have leading `[rows, G, M]`: row within a micro-batch (sharded along the batch
 mesh axes, so every device computes its own rows), group (the update's mini-batch; 1 for log-prob
 passes), micro-batch. Only the positions that predict a response token are projected to the vocabulary:
-`logit_index [.., Q]` lists them per row (Q, a power of two, bounds a row's response tokens; on RL
+`logit_index [.., Q]` lists them per row (Q, a bucket, bounds a row's response tokens; on RL
 batches about half a row is prompt), so the logits, the softmax over the vocabulary and their backward
 pass never run on prompt or padding positions. Results come back in the padded `[B, R]` response layout
 through two more indices: `resp_index [.., S, R]` (entry of `logit_index` that predicts response token
@@ -128,6 +130,14 @@ def _bucket(n: int) -> int:
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
 
 
+def _row_bucket(n: int) -> int:
+    """Row lengths: multiples of a quarter of the power of two below (256, 320, 384, 448, 512, 640, ...): <= 25%
+    waste; below 16 the powers of two."""
+    p = _pow2(n)
+    step = max(1, p // 8) if p >= 16 else p
+    return -(-n // step) * step
+
+
 def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int, bins: int | None = None,
                row_len: int | None = None):
     """`(row_len, rows per micro-batch)` for a batch whose longest sequence has `longest` tokens.
@@ -150,11 +160,12 @@ def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int,
 
 def row_candidates(longest: int, max_tokens_per_micro_batch: int, upto: int | None = None) -> list[int]:
     """Row lengths a plan may choose: buckets from the shortest that holds `longest` (and `MIN_ROW_LEN`
-    when the budget allows) up to the budget, and no longer than the first that holds `upto` tokens."""
+    when the budget allows) up to the budget, no longer than the first that holds `upto` tokens, and at
+    most twice the shortest (a longer row's `t^2` attention rarely pays, and it bounds the memory plan)."""
     floor = min(MIN_ROW_LEN, _pow2(max_tokens_per_micro_batch + 1) // 2)
-    out = [_bucket(max(longest, floor, 1))]
-    while out[-1] < max_tokens_per_micro_batch and out[-1] < (upto or 0):
-        out.append(_bucket(out[-1] + 1))
+    out = [_row_bucket(max(longest, floor, 1))]
+    while out[-1] < min(max_tokens_per_micro_batch, upto or 0, 2 * out[0]):
+        out.append(_row_bucket(out[-1] + 1))
     return [c for c in out if c <= max_tokens_per_micro_batch] or out[:1]
 
 
@@ -162,6 +173,9 @@ def row_candidates(longest: int, max_tokens_per_micro_batch: int, upto: int | No
 # take ~2.5x the time of the matmuls' per FLOP (SmolLM2-135M update, float32 on CPU: one row of 768
 # against three of 256, the same token slots, 9.0 vs 7.0 s), so `pass_costs` weighs them so.
 ATTENTION_COST = 2.5
+# A row shape (rows x row length) a run has not compiled yet must beat the best compiled one by this factor
+# of modelled cost: on CPU a new update program compiles in ~2-3 s, about a third of a demo update step.
+NEW_SHAPE_COST = 1.2
 
 
 def pass_costs(cfg: ModelConfig) -> tuple[float, float, float]:
@@ -197,6 +211,7 @@ def _units(ids, mask, p: int, rows_g, row_len: int, share: bool) -> list[tuple[i
 def plan_packing(
     input_ids, attention_mask, response_len: int, *, groups=None, max_tokens_per_micro_batch: int,
     row_multiple: int = 1, share_prompts: bool = False, costs: tuple[float, float, float] | None = None,
+    known_shapes=(),
 ) -> PackedPlan:
     """Packs the sequences of a padded batch into token-budget micro-batches (host, deterministic).
 
@@ -213,6 +228,8 @@ def plan_packing(
         than a row is split first-fit-decreasing, one prompt copy per part.
       costs: `pass_costs(cfg)` of the model: the row length is the candidate (`row_candidates`) whose
         layout computes the fewest FLOPs. Default: token slots only.
+      known_shapes: `(rows, row_len)` pairs already compiled (`ShapeRatchet.shapes`); when given, another
+        shape's cost counts `NEW_SHAPE_COST` times.
 
     Raises:
       ValueError: a sequence with response tokens but no real prompt token (nothing predicts its first
@@ -244,6 +261,8 @@ def plan_packing(
         q = _bucket(max([sum(int(resp_lengths[u[1]].sum()) for u in bin_) for bg in bins for bin_ in bg] or [1]))
         token, key, logit = costs
         cost = used * rows * (row_len * (token + key * row_len) + q * logit)
+        if known_shapes and (rows, row_len) not in known_shapes:
+            cost *= NEW_SHAPE_COST
         return cost, row_len, units, bins, rows, (m, s, q)
 
     # Every bucketed row length from the shortest that holds the longest sequence up to one that holds a
@@ -407,7 +426,8 @@ def compute_logprobs_packed(
     ids, attn = distributed.to_host((batch["input_ids"], batch["attention_mask"]))
     r = batch["response_mask"].shape[1]
     plan = plan_packing(ids, attn, r, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
-                        row_multiple=batch_shards(sharder), share_prompts=share_prompts, costs=pass_costs(cfg))
+                        row_multiple=batch_shards(sharder), share_prompts=share_prompts, costs=pass_costs(cfg),
+                        known_shapes=ratchet.shapes if ratchet is not None else ())
     plan = ratchet(plan) if ratchet is not None else plan
     fn = _packed_logprob_program(cfg, float(temperature), int(chunk), bool(with_entropy), sharder)
     return fn(params, put_plan(plan, sharder), jnp.asarray(batch["response_mask"]))
@@ -424,6 +444,11 @@ class ShapeRatchet:
 
     def __init__(self):
         self._seen: dict[tuple, tuple[int, int]] = {}
+
+    @property
+    def shapes(self) -> set[tuple[int, int]]:
+        """`(rows, row_len)` of the plans seen so far (`plan_packing`'s `known_shapes`)."""
+        return {(rows, t) for rows, _, t, _ in self._seen}
 
     def __call__(self, plan: PackedPlan) -> PackedPlan:
         rows, g, m, t = plan.tokens.shape
