@@ -25,7 +25,9 @@ padded/real ratio is the ideal packed speed-up without shared prompts.
   update's optimized HLO, to see where the time goes.
 
     python bench/train_step.py                                         # SmolLM2-135M shape, 16 x (64 + 64) long-tail
-    python bench/train_step.py --devices 2 --dtype bfloat16            # the CPU demo's settings
+    python bench/train_step.py --dtype float32 --batch 8 --remat full --chunk 64     # the CPU demo's settings
+    python bench/train_step.py --dtype float32 --batch 8 --remat full --chunk 64 --lengths full \
+        --prompt-len 41 --response-len 64                              # the demo's first steps (41-token prompt, capped)
     python bench/train_step.py --layers 2 --vocab 512 --batch 8 --steps 2    # smoke
     python bench/train_step.py --dtype bfloat16 --batch 256 --prompt-len 1024 --response-len 3072 --remat full \
         --max-tokens 16384 --no-torch                                  # paper shapes on an accelerator

@@ -14,10 +14,11 @@ prompt's as parent (it attends to the prompt and to itself), RoPE positions cont
 and its first token predicted from the prompt's last position. On RL batches, where a prompt is often as
 long as a response, that computes about half the tokens.
 
-Shapes are bucketed so a run compiles a handful of programs: `row_len` and the logit positions per row
-`Q` are buckets (`_bucket`: powers of two and 1.5x them), sequence slots per row `S` and micro-batches
-per group `M` powers of two. Of the row lengths that hold the longest sequence (up to one that holds a
-whole group), the plan keeps the layout with the lowest modelled cost (`pass_costs`).
+Shapes are bucketed so a run compiles a handful of programs: `row_len` in eighths of a power of two
+(`_row_bucket`: 256, 320, 384, ...), the logit positions per row `Q` in powers of two and 1.5x them
+(`_bucket`), sequence slots per row `S` and micro-batches per group `M` in powers of two. Of the row
+lengths from the shortest that holds the longest sequence up to twice it (`row_candidates`), the plan
+keeps the layout with the lowest modelled cost (`pass_costs`), favouring shapes already compiled.
 Micro-batches past the last real one are skipped at run time (`lax.cond`), so the bucket costs nothing.
 
 Plan arrays (host NumPy) have leading `[rows, G, M]`: row within a micro-batch (sharded along the batch
@@ -145,7 +146,7 @@ def row_layout(longest: int, max_tokens_per_micro_batch: int, row_multiple: int,
     The budget is per device (like verl's `ppo_max_token_len_per_gpu`): a micro-batch has `row_multiple`
     (the batch-sharding device count) times at most `max(1, budget // row_len)` rows, and no more than
     the bucketed rows `bins` filled rows need. `row_len` (unless given: `row_candidates`' first) is the
-    smallest bucket (`_bucket`) >= `longest`, and at least `MIN_ROW_LEN` when the budget allows; a
+    smallest row bucket (`_row_bucket`) >= `longest`, and at least `MIN_ROW_LEN` when the budget allows; a
     sequence longer than the budget still gets one row per device (the budget is then exceeded, never
     the sequence cut).
     """
@@ -227,7 +228,7 @@ def plan_packing(
         so it sees the prompt and itself, at the positions it has in its own sequence. A family longer
         than a row is split first-fit-decreasing, one prompt copy per part.
       costs: `pass_costs(cfg)` of the model: the row length is the candidate (`row_candidates`) whose
-        layout computes the fewest FLOPs. Default: token slots only.
+        layout has the lowest modelled cost. Default: token slots only.
       known_shapes: `(rows, row_len)` pairs already compiled (`ShapeRatchet.shapes`); when given, another
         shape's cost counts `NEW_SHAPE_COST` times.
 
@@ -265,8 +266,8 @@ def plan_packing(
             cost *= NEW_SHAPE_COST
         return cost, row_len, units, bins, rows, (m, s, q)
 
-    # Every bucketed row length from the shortest that holds the longest sequence up to one that holds a
-    # whole group is weighed by the FLOPs it would compute (token slots, t^2 attention, logit positions):
+    # Every row bucket from the shortest that holds the longest sequence up to one that holds a whole group
+    # (at most twice the shortest) is weighed by what it would compute (token slots, t^2 attention, logits):
     # shared prompts make a group's family longer than any one sequence, and one longer row often holds it
     # in fewer slots than several short rows that each repeat the prompt. Ties keep the shorter rows.
     upto = max(sum(unit_len(u) for u in _units(ids, mask, p, g, 1 << 62, share_prompts)) for g in groups)
