@@ -47,7 +47,7 @@ def get_config(arg=None):
     c.rollout.stop = "eos+chat"
     c.actor.lr = 2e-5  # Far above the paper's 1e-6: the demo has a dozen steps, not 2,000.
     c.actor.micro_batch_size = 8  # The whole batch in one pass (no gradient-accumulation buffer).
-    # Logit positions per [rows, chunk, 49152] float32 block of a packed row set (3 rows: 38 MB). 64 rather than 16:
+    # Logit positions per [rows, chunk, 49152] float32 block of packed rows (2-3 rows: 25-38 MB). 64 rather than 16:
     # the lm-head matmul runs faster on more rows (update 4.34 -> 3.88 s, BENCHMARKS.md).
     c.actor.logprob_chunk = 64
     c.actor.use_kl_loss = False  # Saves a reference forward per step; the paper finds KL matters little.

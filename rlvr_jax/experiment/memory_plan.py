@@ -71,10 +71,8 @@ def memory_plan(config) -> dict:
     if config.actor.packing:
         from rlvr_jax.training.packing import row_candidates, row_layout
 
-        budget, n = config.actor.max_tokens_per_micro_batch, config.rollout.n
-        group = (config.data.max_prompt_len + n * config.rollout.max_new_tokens if config.actor.share_prompts
-                 else n * length)
-        shapes = [row_layout(length, budget, 1, row_len=c) for c in row_candidates(length, budget, upto=group)]
+        budget = config.actor.max_tokens_per_micro_batch
+        shapes = [row_layout(length, budget, 1, row_len=c) for c in row_candidates(length, budget, upto=seqs * length)]
     else:
         shapes = [(length, math.ceil(config.actor.micro_batch_size / batch_shards))]
     # Matmul outputs and the residual stream are in `residual_dtype`, matmul inputs in `dtype`: the plan

@@ -267,7 +267,7 @@ def plan_packing(
         return cost, row_len, units, bins, rows, (m, s, q)
 
     # Every row bucket from the shortest that holds the longest sequence up to one that holds a whole group
-    # (at most twice the shortest) is weighed by what it would compute (token slots, t^2 attention, logits):
+    # of `groups` (at most twice the shortest) is weighed by what it would compute (token slots, t^2 attention, logits):
     # shared prompts make a group's family longer than any one sequence, and one longer row often holds it
     # in fewer slots than several short rows that each repeat the prompt. Ties keep the shorter rows.
     upto = max(sum(unit_len(u) for u in _units(ids, mask, p, g, 1 << 62, share_prompts)) for g in groups)
